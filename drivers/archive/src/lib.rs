@@ -1,0 +1,1 @@
+//! Streaming, hostile-input-safe application of OCI layer tars

@@ -1,0 +1,1 @@
+//! Performs and undoes the mounts backends describe

@@ -1,0 +1,1 @@
+//! The overlay2 backend: kernel overlayfs over per-layer directories

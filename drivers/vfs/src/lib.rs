@@ -1,0 +1,1 @@
+//! The vfs backend: every layer a full copy
