@@ -11,9 +11,11 @@
 //! - [`copy`]: copy one inode or a whole tree with every attribute, sharing
 //!   extents (`FICLONE`) where the filesystem can and keeping holes otherwise;
 //! - [`remove_all_at`]: recursive removal that never follows symlinks;
-//! - [`usage`]: allocated bytes and inodes of a tree, hardlinks counted once.
+//! - [`usage`]: allocated bytes and inodes of a tree, hardlinks counted once;
+//! - [`lowerview`]: what a chain of overlayfs lower layers shows at a path.
 
 pub mod copy;
+pub mod lowerview;
 pub mod xattr;
 
 use std::collections::HashSet;
