@@ -117,6 +117,9 @@ pub enum ErrorKind {
     AlreadyExists,
     /// Something else still needs the object.
     InUse,
+    /// The object is in the wrong state for the call (e.g. committing a
+    /// layer that is not writable).
+    FailedPrecondition,
     /// A caller-supplied value is wrong.
     Invalid,
     /// The backend cannot work here.
@@ -148,7 +151,9 @@ impl Error {
     pub fn hint(&self) -> Option<&str> {
         match self {
             Error::Unavailable { hint, .. } | Error::Limit { hint, .. } => hint.as_deref(),
-            Error::InUse { .. } => Some("remove the dependents first, or pass --force where offered"),
+            Error::InUse { .. } => {
+                Some("remove the dependents first, or pass --force where offered")
+            }
             _ => None,
         }
     }
@@ -178,6 +183,10 @@ pub trait IoContext<T> {
 // part of this crate's API.
 impl<T, E: Into<std::io::Error>> IoContext<T> for std::result::Result<T, E> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|e| Error::Io { op, path: path.into(), source: e.into() })
+        self.map_err(|e| Error::Io {
+            op,
+            path: path.into(),
+            source: e.into(),
+        })
     }
 }

@@ -45,11 +45,15 @@ impl LayerId {
         let s = s.into();
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if ok {
             Ok(LayerId(s))
         } else {
-            Err(Error::Invalid { field: "layer id", reason: format!("{s:?} is not [a-z0-9]{{1,32}}") })
+            Err(Error::Invalid {
+                field: "layer id",
+                reason: format!("{s:?} is not [a-z0-9]{{1,32}}"),
+            })
         }
     }
 
@@ -315,15 +319,21 @@ pub trait Driver: Send + Sync {
             Support::No(why) => why,
             Support::Yes => "the backend did not implement set_limit".to_owned(),
         };
-        Err(Error::Unsupported { backend: self.name(), feature: "quota", reason })
+        Err(Error::Unsupported {
+            backend: self.name(),
+            feature: "quota",
+            reason,
+        })
     }
 }
 
 /// What a backend learns about the host when it is probed or opened.
 #[derive(Clone, Debug)]
 pub struct HostEnv {
-    /// The backend's own state directory, `<root>/<backend>`; it may create
-    /// anything below it and nothing elsewhere under the root.
+    /// The backend's state directory, `<root>/<backend>`. The host keeps
+    /// `metadata.db*`, `content/`, `mounts/` and `staging/` there; the backend
+    /// may create anything else below it, and nothing elsewhere under the
+    /// root.
     pub state_dir: PathBuf,
 }
 
@@ -355,7 +365,9 @@ pub struct Backend {
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -370,17 +382,28 @@ mod tests {
             assert!(LayerId::new(ok).is_ok(), "{ok}");
         }
         for bad in ["", "A", "a-b", "a/b", "..", "a b", &"z".repeat(33), "é"] {
-            assert_eq!(LayerId::new(bad).unwrap_err().kind(), ErrorKind::Invalid, "{bad}");
+            assert_eq!(
+                LayerId::new(bad).unwrap_err().kind(),
+                ErrorKind::Invalid,
+                "{bad}"
+            );
         }
     }
 
     /// Error text is lowercase and the hint only appears where one helps.
     #[test]
     fn error_text_and_hints() {
-        let e = Error::InUse { what: "layer", id: "abc".into(), by: "image x".into() };
+        let e = Error::InUse {
+            what: "layer",
+            id: "abc".into(),
+            by: "image x".into(),
+        };
         assert_eq!(e.to_string(), "layer abc is in use by image x");
         assert!(e.hint().is_some());
-        let e = Error::NotFound { what: "layer", id: "abc".into() };
+        let e = Error::NotFound {
+            what: "layer",
+            id: "abc".into(),
+        };
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.hint().is_none());
     }

@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::os::unix::ffi::OsStrExt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Timestamps};
@@ -45,7 +45,12 @@ pub struct CopyStats {
 /// Copies the data of `src` into `dst` (both open files), `len` bytes.
 /// `dst` ends up exactly `len` bytes long. `prefer` lets a caller skip
 /// methods that already failed on this filesystem pair.
-pub fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64, prefer: CopyMethod) -> io::Result<CopyMethod> {
+pub fn copy_file_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+    prefer: CopyMethod,
+) -> io::Result<CopyMethod> {
     if prefer == CopyMethod::Reflink && len > 0 {
         match rustix::fs::ioctl_ficlone(dst, src) {
             Ok(()) => return Ok(CopyMethod::Reflink),
@@ -54,14 +59,23 @@ pub fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64, prefer
             Err(e) => return Err(e.into()),
         }
     }
-    let method = if prefer == CopyMethod::ReadWrite { CopyMethod::ReadWrite } else { CopyMethod::CopyFileRange };
+    let method = if prefer == CopyMethod::ReadWrite {
+        CopyMethod::ReadWrite
+    } else {
+        CopyMethod::CopyFileRange
+    };
     let used = copy_extents(src, dst, len, method)?;
     rustix::fs::ftruncate(dst, len)?;
     Ok(used)
 }
 
 /// Copies the data extents of `src` (skipping holes) into `dst`.
-fn copy_extents(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64, mut method: CopyMethod) -> io::Result<CopyMethod> {
+fn copy_extents(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+    mut method: CopyMethod,
+) -> io::Result<CopyMethod> {
     let mut pos = 0u64;
     while pos < len {
         let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
@@ -80,15 +94,34 @@ fn copy_extents(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64, mut method: 
     Ok(method)
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, mut n: u64, mut method: CopyMethod) -> io::Result<CopyMethod> {
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: u64,
+    mut n: u64,
+    mut method: CopyMethod,
+) -> io::Result<CopyMethod> {
     let (mut off_in, mut off_out) = (start, start);
     while n > 0 {
         if method == CopyMethod::CopyFileRange {
             let chunk = n.min(1 << 30) as usize;
-            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source file shrank while copying")),
+            match rustix::fs::copy_file_range(
+                src,
+                Some(&mut off_in),
+                dst,
+                Some(&mut off_out),
+                chunk,
+            ) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "source file shrank while copying",
+                    ));
+                }
                 Ok(k) => n -= k as u64,
-                Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => method = CopyMethod::ReadWrite,
+                Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
+                    method = CopyMethod::ReadWrite
+                }
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -96,7 +129,10 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, mut n: u64, 
             let mut buf = vec![0u8; n.min(1 << 20) as usize];
             let k = rustix::io::pread(src, &mut buf[..], off_in)?;
             if k == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source file shrank while copying"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source file shrank while copying",
+                ));
             }
             let mut written = 0;
             while written < k {
@@ -122,9 +158,20 @@ pub fn copy_metadata(
 ) -> io::Result<()> {
     let uid = rustix::fs::Uid::from_raw(st.st_uid);
     let gid = rustix::fs::Gid::from_raw(st.st_gid);
-    rustix::fs::chownat(dst_dir, dst, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    rustix::fs::chownat(
+        dst_dir,
+        dst,
+        Some(uid),
+        Some(gid),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     if file_type(st) != FileType::Symlink {
-        rustix::fs::chmodat(dst_dir, dst, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())?;
+        rustix::fs::chmodat(
+            dst_dir,
+            dst,
+            Mode::from_raw_mode(st.st_mode & 0o7777),
+            AtFlags::empty(),
+        )?;
     }
     xattr::copy(src_dir, src, dst_dir, dst)?;
     set_times(dst_dir, dst, st)
@@ -133,10 +180,21 @@ pub fn copy_metadata(
 /// Sets atime and mtime of `dst` from `st`, without following a symlink.
 pub fn set_times(dst_dir: BorrowedFd<'_>, dst: &CStr, st: &rustix::fs::Stat) -> io::Result<()> {
     let times = Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec as _ },
-        last_modification: rustix::fs::Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     };
-    Ok(rustix::fs::utimensat(dst_dir, dst, &times, AtFlags::SYMLINK_NOFOLLOW)?)
+    Ok(rustix::fs::utimensat(
+        dst_dir,
+        dst,
+        &times,
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// Copies one entry `src` of `src_dir` to `dst` in `dst_dir`, which must not
@@ -155,14 +213,24 @@ pub fn copy_entry(
     match file_type(&st) {
         FileType::Directory => rustix::fs::mkdirat(dst_dir, dst, Mode::from_raw_mode(0o700))?,
         FileType::RegularFile => {
-            let from = rustix::fs::openat(src_dir, src, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+            let from = rustix::fs::openat(
+                src_dir,
+                src,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
             let to = rustix::fs::openat(
                 dst_dir,
                 dst,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )?;
-            used = Some(copy_file_data(from.as_fd(), to.as_fd(), st.st_size as u64, prefer)?);
+            used = Some(copy_file_data(
+                from.as_fd(),
+                to.as_fd(),
+                st.st_size as u64,
+                prefer,
+            )?);
         }
         FileType::Symlink => {
             let target = rustix::fs::readlinkat(src_dir, src, Vec::new())?;
@@ -177,7 +245,12 @@ pub fn copy_entry(
                 st.st_rdev,
             )?;
         }
-        FileType::Unknown => return Err(io::Error::new(io::ErrorKind::InvalidData, "unknown file type")),
+        FileType::Unknown => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unknown file type",
+            ));
+        }
     }
     copy_metadata(src_dir, src, &st, dst_dir, dst)?;
     Ok(used)
@@ -190,7 +263,11 @@ pub fn copy_entry(
 pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<CopyStats> {
     let s = open_dir(src)?;
     let d = open_dir(dst)?;
-    let mut walk = TreeCopy { links: HashMap::new(), stats: CopyStats::default(), method: CopyMethod::Reflink };
+    let mut walk = TreeCopy {
+        links: HashMap::new(),
+        stats: CopyStats::default(),
+        method: CopyMethod::Reflink,
+    };
     walk.dir(s.as_fd(), d.as_fd(), Path::new(""))?;
     let st = rustix::fs::fstat(&s)?;
     let dot = c".";
@@ -208,7 +285,9 @@ struct TreeCopy {
 impl TreeCopy {
     fn dir(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, rel: &Path) -> io::Result<()> {
         for (name, _) in read_dir_sorted(src)? {
-            let Some(st) = lstat_at(src, &name)? else { continue };
+            let Some(st) = lstat_at(src, &name)? else {
+                continue;
+            };
             let child_rel = rel.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
             let ft = file_type(&st);
             if ft != FileType::Directory && st.st_nlink > 1 {
@@ -264,7 +343,8 @@ mod tests {
         let (src, dst) = (t.path().join("src"), t.path().join("dst"));
         std::fs::create_dir_all(src.join("d/e")).unwrap();
         std::fs::write(src.join("d/e/f"), "hello").unwrap();
-        std::fs::set_permissions(src.join("d/e/f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::set_permissions(src.join("d/e/f"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
         std::fs::hard_link(src.join("d/e/f"), src.join("g")).unwrap();
         symlink("../nowhere", src.join("d/l")).unwrap();
         let sparse = std::fs::File::create(src.join("sparse")).unwrap();
@@ -277,7 +357,10 @@ mod tests {
         assert_eq!(f.mode() & 0o7777, 0o4755);
         assert_eq!(std::fs::read_to_string(dst.join("g")).unwrap(), "hello");
         assert_eq!(f.ino(), std::fs::metadata(dst.join("g")).unwrap().ino());
-        assert_eq!(std::fs::read_link(dst.join("d/l")).unwrap(), Path::new("../nowhere"));
+        assert_eq!(
+            std::fs::read_link(dst.join("d/l")).unwrap(),
+            Path::new("../nowhere")
+        );
         let sp = std::fs::metadata(dst.join("sparse")).unwrap();
         assert_eq!(sp.len(), 64 << 20);
         assert!(sp.blocks() * 512 < 1 << 20, "holes must stay holes");

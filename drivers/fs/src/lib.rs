@@ -34,7 +34,11 @@ const OPENAT2_RETRIES: usize = 8;
 /// Opens the directory at an absolute or cwd-relative `path` without
 /// following a symlink in its last component.
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())?)
+    Ok(rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
 }
 
 /// Opens `rel` below the directory `root`, refusing to traverse symlinks,
@@ -43,8 +47,17 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 ///
 /// `ELOOP` means a component was a symlink, `EXDEV` that the path tried to
 /// climb out of `root`.
-pub fn open_beneath(root: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
-    let rel: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    flags: OFlags,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
+    let rel: &Path = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     let mut attempts = 0;
     loop {
@@ -57,7 +70,12 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode)
 
 /// [`open_beneath`] for a directory, opened for reading.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
-    open_beneath(root, rel, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
+    open_beneath(
+        root,
+        rel,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
 }
 
 /// `lstat` of `name` in `dir`; `Ok(None)` if it does not exist.
@@ -129,14 +147,18 @@ pub fn clear_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
 /// Removes the tree at `path` (absolute); a missing path is not an error.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to remove a root directory"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to remove a root directory",
+        ));
     };
     let parent = match open_dir(parent) {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let name = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name = std::ffi::CString::new(name.as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     remove_all_at(parent.as_fd(), &name)
 }
 
@@ -152,9 +174,15 @@ pub fn usage(path: &Path) -> io::Result<(u64, u64)> {
     Ok(total)
 }
 
-fn usage_of_dir(dir: BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>, total: &mut (u64, u64)) -> io::Result<()> {
+fn usage_of_dir(
+    dir: BorrowedFd<'_>,
+    seen: &mut HashSet<(u64, u64)>,
+    total: &mut (u64, u64),
+) -> io::Result<()> {
     for (name, _) in read_dir_sorted(dir)? {
-        let Some(st) = lstat_at(dir, &name)? else { continue };
+        let Some(st) = lstat_at(dir, &name)? else {
+            continue;
+        };
         if st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
             continue;
         }
@@ -190,7 +218,10 @@ mod tests {
         assert!(open_dir_beneath(root.as_fd(), Path::new("d")).is_ok());
         assert!(open_dir_beneath(root.as_fd(), Path::new("")).is_ok());
         for bad in ["evil", "inner", "../", "d/../../etc", "/etc"] {
-            assert!(open_dir_beneath(root.as_fd(), Path::new(bad)).is_err(), "{bad} must be refused");
+            assert!(
+                open_dir_beneath(root.as_fd(), Path::new(bad)).is_err(),
+                "{bad} must be refused"
+            );
         }
     }
 

@@ -92,7 +92,12 @@ fn get_path(path: &PathBuf, key: &OsStr) -> io::Result<Option<Vec<u8>>> {
 /// Sets attribute `key` on `name` in `dir`.
 pub fn set(dir: BorrowedFd<'_>, name: &CStr, key: &OsStr, value: &[u8]) -> io::Result<()> {
     let path = proc_path(dir, name);
-    Ok(rustix::fs::lsetxattr(&path, key, value, rustix::fs::XattrFlags::empty())?)
+    Ok(rustix::fs::lsetxattr(
+        &path,
+        key,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
 }
 
 /// Removes attribute `key` from `name` in `dir`; absent is not an error.
@@ -106,7 +111,12 @@ pub fn remove(dir: BorrowedFd<'_>, name: &CStr, key: &OsStr) -> io::Result<()> {
 
 /// Copies every attribute except storage-internal ones from one entry to
 /// another.
-pub fn copy(src_dir: BorrowedFd<'_>, src: &CStr, dst_dir: BorrowedFd<'_>, dst: &CStr) -> io::Result<()> {
+pub fn copy(
+    src_dir: BorrowedFd<'_>,
+    src: &CStr,
+    dst_dir: BorrowedFd<'_>,
+    dst: &CStr,
+) -> io::Result<()> {
     for (key, value) in list(src_dir, src)? {
         if is_storage_internal(key.as_bytes()) {
             continue;
@@ -118,7 +128,8 @@ pub fn copy(src_dir: BorrowedFd<'_>, src: &CStr, dst_dir: BorrowedFd<'_>, dst: &
 
 /// Turns a name into the C string the `*at` calls take.
 pub fn cstring(name: &[u8]) -> io::Result<CString> {
-    CString::new(name.to_vec()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
+    CString::new(name.to_vec())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 
 /// `OsString` from raw bytes (xattr names in tar headers are bytes).
@@ -140,7 +151,10 @@ mod tests {
         let dir = crate::open_dir(t.path()).unwrap();
         let f = cstring(b"f").unwrap();
         set(dir.as_fd(), &f, OsStr::new("user.bin"), &[0, 0xff, 0x10]).unwrap();
-        assert_eq!(get(dir.as_fd(), &f, OsStr::new("user.bin")).unwrap(), Some(vec![0, 0xff, 0x10]));
+        assert_eq!(
+            get(dir.as_fd(), &f, OsStr::new("user.bin")).unwrap(),
+            Some(vec![0, 0xff, 0x10])
+        );
         assert_eq!(list(dir.as_fd(), &f).unwrap().len(), 1);
         remove(dir.as_fd(), &f, OsStr::new("user.bin")).unwrap();
         remove(dir.as_fd(), &f, OsStr::new("user.bin")).unwrap();

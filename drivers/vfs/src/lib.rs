@@ -1,1 +1,379 @@
-//! The vfs backend: every layer a full copy
+//! drivers-vfs: the baseline backend, every layer a full copy.
+//!
+//! [`Vfs`] needs nothing from the kernel beyond a directory tree: a new
+//! layer starts as a copy of its immediate parent (extents shared with
+//! `FICLONE` where the filesystem can, holes and hardlinks kept, see
+//! [`drivers_fs::copy::copy_tree`]) and is mounted as a bind mount. It is
+//! slow and big on filesystems without reflinks, and works everywhere.
+//!
+//! Layout under the state directory:
+//!
+//! ```text
+//! layers/<id>/        the layer's root directory itself
+//! tmp/new-<id>/       a layer being built; renamed into layers/ when complete
+//! tmp/rm-<id>/        a layer being deleted; renamed here first
+//! ```
+//!
+//! Both renames make crashes harmless: a half-built or half-deleted layer
+//! is never under `layers/`, and [`Driver::cleanup`] removes what is left
+//! in `tmp/`.
+//!
+//! ```no_run
+//! use drivers_api::{HostEnv, LayerId, PrepareOpts};
+//! let env = HostEnv { state_dir: "/var/lib/drivers/vfs".into() };
+//! let vfs = (drivers_vfs::BACKEND.open)(&env, &toml::Table::new())?;
+//! let base = LayerId::new("base")?;
+//! let mounts = vfs.prepare(&base, &[], &PrepareOpts::default())?;
+//! // ... fill vfs.apply_target(&base, &[])?.root, then:
+//! vfs.commit(&base)?;
+//! # Ok::<(), drivers_api::Error>(())
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use drivers_api::{
+    ApplyFormat, ApplyTarget, Availability, Backend, Capabilities, DiffSource, Driver, Error,
+    HostEnv, IoContext, LayerId, Mount, PrepareOpts, Result, Support, Usage,
+};
+use rustix::fs::{Access, CWD, RenameFlags, StatVfsMountFlags};
+
+/// The backend's name, as users type it.
+const NAME: &str = "vfs";
+
+/// How the host finds, probes and opens the vfs backend.
+pub const BACKEND: Backend = Backend {
+    name: NAME,
+    probe,
+    open,
+};
+
+/// Mode of a base layer's root directory (the conformance convention).
+const BASE_ROOT_MODE: u32 = 0o755;
+
+/// Why [`Capabilities::quota`] is missing.
+const QUOTA_REASON: &str = "vfs cannot enforce size limits yet: that needs XFS project quotas on the state directory, which are not implemented";
+
+/// The `[backends.vfs]` table of the config file. There are no options
+/// yet; unknown keys are refused so a typo is not silently ignored.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {}
+
+/// The vfs backend: every layer a full copy of its parent.
+#[derive(Debug)]
+pub struct Vfs {
+    /// `<root>/vfs`.
+    state_dir: PathBuf,
+}
+
+impl Vfs {
+    /// Opens (creating if needed) the backend's directories under
+    /// `env.state_dir`.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error if the directories cannot be created.
+    pub fn open(env: &HostEnv, config: Config) -> Result<Vfs> {
+        let Config {} = config;
+        let vfs = Vfs {
+            state_dir: env.state_dir.clone(),
+        };
+        for dir in [vfs.layers_dir(), vfs.tmp_dir()] {
+            std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        }
+        Ok(vfs)
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.state_dir.join("layers")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.state_dir.join("tmp")
+    }
+
+    fn layer(&self, id: &LayerId) -> PathBuf {
+        self.layers_dir().join(id.as_str())
+    }
+
+    /// The layer's root, or `NotFound` if its data is gone.
+    fn existing(&self, id: &LayerId) -> Result<PathBuf> {
+        let dir = self.layer(id);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(dir),
+            Ok(_) => Err(Error::NotFound {
+                what: "layer",
+                id: id.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotFound {
+                what: "layer",
+                id: id.to_string(),
+            }),
+            Err(e) => Err(e).ctx("inspect layer", dir),
+        }
+    }
+
+    /// Builds layer `id` as a copy of `parents[0]` in `tmp/new-<id>` and
+    /// renames it into place; on error nothing is left behind.
+    fn create(&self, id: &LayerId, parents: &[LayerId]) -> Result<PathBuf> {
+        let staging = self.tmp_dir().join(format!("new-{id}"));
+        let dst = self.layer(id);
+        // A crashed earlier attempt with this id may have left a staging tree.
+        drivers_fs::remove_tree(&staging).ctx("remove stale staging directory", &staging)?;
+        let r = self.fill(&staging, parents).and_then(|()| {
+            rustix::fs::renameat_with(CWD, &staging, CWD, &dst, RenameFlags::NOREPLACE).map_err(
+                |e| match e {
+                    rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY => {
+                        Error::AlreadyExists {
+                            what: "layer",
+                            id: id.to_string(),
+                        }
+                    }
+                    e => Error::Io {
+                        op: "move new layer into place",
+                        path: dst.clone(),
+                        source: e.into(),
+                    },
+                },
+            )
+        });
+        if r.is_err()
+            && let Err(e) = drivers_fs::remove_tree(&staging)
+        {
+            tracing::warn!(path = %staging.display(), error = %e, "could not remove a failed layer; cleanup will retry");
+        }
+        r.map(|()| dst)
+    }
+
+    fn fill(&self, staging: &Path, parents: &[LayerId]) -> Result<()> {
+        std::fs::create_dir(staging).ctx("create directory", staging)?;
+        match parents.first() {
+            Some(parent) => {
+                let src = self.existing(parent)?;
+                let stats = drivers_fs::copy::copy_tree(&src, staging)
+                    .ctx("copy parent layer into", staging)?;
+                tracing::debug!(
+                    backend = NAME,
+                    parent = %parent,
+                    inodes = stats.inodes,
+                    bytes = stats.bytes,
+                    reflinked = stats.reflinked,
+                    "copied parent layer"
+                );
+            }
+            None => {
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(staging, Some(0), Some(0)).ctx("set owner of", staging)?;
+                // Explicit, because mkdir's mode was reduced by the umask.
+                std::fs::set_permissions(staging, std::fs::Permissions::from_mode(BASE_ROOT_MODE))
+                    .ctx("set mode of", staging)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a tree by first renaming it to `tmp/rm-<name>`, so that an
+    /// interrupted deletion is never mistaken for a layer. A missing tree is
+    /// not an error.
+    fn discard(&self, dir: &Path, name: &str) -> Result<()> {
+        let graveyard = self.tmp_dir().join(format!("rm-{name}"));
+        drivers_fs::remove_tree(&graveyard).ctx("remove", &graveyard)?;
+        match std::fs::rename(dir, &graveyard) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("move layer out of place", dir),
+        }
+        drivers_fs::remove_tree(&graveyard).ctx("remove", &graveyard)
+    }
+}
+
+/// Usage of a tree, for reporting what cleanup freed; a tree that cannot be
+/// measured counts as nothing rather than stopping the cleanup.
+fn usage_or_zero(dir: &Path) -> Usage {
+    drivers_fs::usage(dir)
+        .map(|(bytes, inodes)| Usage { bytes, inodes })
+        .unwrap_or_default()
+}
+
+impl Driver for Vfs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            quota: Support::No(QUOTA_REASON.into()),
+            dedup: Support::No(
+                "vfs shares extents only between a layer and the copy made from it (reflinks on btrfs or xfs), \
+                 never between identical files of unrelated layers"
+                    .into(),
+            ),
+            fast_diff: Support::No("every layer is a full copy: changes are found by comparing it with its parent".into()),
+        }
+    }
+
+    fn prepare(&self, id: &LayerId, parents: &[LayerId], opts: &PrepareOpts) -> Result<Vec<Mount>> {
+        if opts.size_limit.is_some() {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: "quota",
+                reason: QUOTA_REASON.into(),
+            });
+        }
+        let source = self.create(id, parents)?;
+        Ok(vec![Mount::Bind {
+            source,
+            read_only: false,
+        }])
+    }
+
+    fn view(&self, id: &LayerId, parents: &[LayerId]) -> Result<Vec<Mount>> {
+        let source = self.create(id, parents)?;
+        Ok(vec![Mount::Bind {
+            source,
+            read_only: true,
+        }])
+    }
+
+    fn mounts(&self, id: &LayerId, _parents: &[LayerId], writable: bool) -> Result<Vec<Mount>> {
+        Ok(vec![Mount::Bind {
+            source: self.existing(id)?,
+            read_only: !writable,
+        }])
+    }
+
+    fn apply_target(&self, id: &LayerId, _parents: &[LayerId]) -> Result<ApplyTarget> {
+        Ok(ApplyTarget {
+            root: self.existing(id)?,
+            format: ApplyFormat::Full,
+        })
+    }
+
+    fn diff_source(&self, id: &LayerId, parents: &[LayerId]) -> Result<DiffSource> {
+        let parent = parents.first().map(|p| self.existing(p)).transpose()?;
+        Ok(DiffSource::Compare {
+            layer: self.existing(id)?,
+            parent,
+        })
+    }
+
+    fn commit(&self, id: &LayerId) -> Result<Usage> {
+        self.usage(id)
+    }
+
+    fn remove(&self, id: &LayerId) -> Result<()> {
+        self.discard(&self.layer(id), id.as_str())
+    }
+
+    fn usage(&self, id: &LayerId) -> Result<Usage> {
+        let dir = self.existing(id)?;
+        let (bytes, inodes) = drivers_fs::usage(&dir).ctx("measure layer", &dir)?;
+        Ok(Usage { bytes, inodes })
+    }
+
+    fn cleanup(&self, live: &dyn Fn(&LayerId) -> bool) -> Result<Usage> {
+        let mut freed = Usage::default();
+        for name in dir_names(&self.layers_dir())? {
+            match LayerId::new(name.as_str()) {
+                Ok(id) if live(&id) => {}
+                Ok(id) => {
+                    freed += usage_or_zero(&self.layer(&id));
+                    self.remove(&id)?;
+                }
+                Err(_) => tracing::warn!(
+                    backend = NAME,
+                    name,
+                    "not a layer id; leaving it in layers/"
+                ),
+            }
+        }
+        for name in dir_names(&self.tmp_dir())? {
+            let stale = match name.strip_prefix("new-") {
+                Some(id) => LayerId::new(id).map_or(true, |id| !live(&id)),
+                None => name.starts_with("rm-"),
+            };
+            if stale {
+                let path = self.tmp_dir().join(&name);
+                freed += usage_or_zero(&path);
+                drivers_fs::remove_tree(&path).ctx("remove", &path)?;
+            }
+        }
+        Ok(freed)
+    }
+}
+
+/// Names of the entries of `dir` that are valid UTF-8 (ours all are).
+fn dir_names(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("read directory", dir)? {
+        let entry = entry.ctx("read directory", dir)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// vfs works on any local filesystem the process can write to, as root
+/// (layer files keep their owners, which needs `chown`).
+fn probe(env: &HostEnv) -> Availability {
+    if !rustix::process::geteuid().is_root() {
+        return Availability::Unusable {
+            reason: "vfs must run as root to keep the owners of layer files".into(),
+            hint: Some("run drivers as root".into()),
+        };
+    }
+    let Some(dir) = env
+        .state_dir
+        .ancestors()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+    else {
+        return Availability::Unusable {
+            reason: "no part of the state directory exists".into(),
+            hint: None,
+        };
+    };
+    if !dir.is_dir() {
+        return Availability::Unusable {
+            reason: format!(
+                "{} is in the way of the state directory and is not a directory",
+                dir.display()
+            ),
+            hint: Some("move it away or choose another --root".into()),
+        };
+    }
+    let read_only = rustix::fs::statvfs(dir)
+        .map(|st| st.f_flag.contains(StatVfsMountFlags::RDONLY))
+        .unwrap_or(false);
+    if read_only || rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).is_err() {
+        return Availability::Unusable {
+            reason: format!(
+                "{} is not writable{}",
+                dir.display(),
+                if read_only {
+                    " (read-only filesystem)"
+                } else {
+                    ""
+                }
+            ),
+            hint: Some("choose a --root on a writable filesystem".into()),
+        };
+    }
+    Availability::Usable
+}
+
+fn open(env: &HostEnv, table: &toml::Table) -> Result<Box<dyn Driver>> {
+    let config: Config = table
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Invalid {
+            field: "backends.vfs",
+            reason: e.message().replace('\n', " "),
+        })?;
+    Ok(Box::new(Vfs::open(env, config)?))
+}
+
+#[cfg(test)]
+mod tests;
