@@ -288,10 +288,11 @@ impl Store {
                 params![d, format!("{BLOB_REF}{d}")],
                 |r| r.get(0),
             )?;
-            if !used && tx.execute("DELETE FROM blobs WHERE digest = ?1", [d])? == 1 {
-                if let Ok(d) = Digest::parse(d) {
-                    files.push(self.blob_path(&d));
-                }
+            if !used
+                && tx.execute("DELETE FROM blobs WHERE digest = ?1", [d])? == 1
+                && let Ok(d) = Digest::parse(d)
+            {
+                files.push(self.blob_path(&d));
             }
         }
         Ok(files)

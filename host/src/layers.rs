@@ -88,6 +88,7 @@ impl Store {
                 name: p.to_string(),
             });
         }
+        self.check_depth(parent)?;
         self.op(|s| {
             if let Some(diff_id) = &expect.diff_id {
                 let chain = chain_id(parent, diff_id);
@@ -151,6 +152,27 @@ impl Store {
                 report: Some(report),
             })
         })
+    }
+
+    /// Refuses a layer on `parent` that would make the chain deeper than the
+    /// backend can mount (overlayfs stacks at most 500 layers): better a
+    /// clear error now than an image no container can ever use.
+    fn check_depth(&self, parent: Option<&Digest>) -> Result<()> {
+        let Some(max) = self.driver().max_depth() else {
+            return Ok(());
+        };
+        let depth = match parent {
+            Some(p) => self.depth(p.as_str())? + 1,
+            None => 1,
+        };
+        if depth <= max {
+            return Ok(());
+        }
+        Err(Error::Backend(drivers_api::Error::Limit {
+            what: format!("layer {depth} of a chain"),
+            reason: format!("backend {} mounts at most {max} layers in one chain", self.driver().name()),
+            hint: Some("flatten the image (e.g. export and re-import a squashed copy), or use the vfs backend".into()),
+        }))
     }
 
     /// If layer `chain` exists, protects it for the current operation and

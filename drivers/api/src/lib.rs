@@ -259,6 +259,14 @@ pub trait Driver: Send + Sync {
     /// Optional abilities and, where missing, why.
     fn capabilities(&self) -> Capabilities;
 
+    /// The most committed layers one chain may hold so that a view of its
+    /// top, or a container on it, can still be mounted; `None` for no
+    /// limit. The host refuses to build a deeper layer, so an image that
+    /// could never be used is never half-imported.
+    fn max_depth(&self) -> Option<usize> {
+        None
+    }
+
     /// Creates writable layer `id` on top of `parents` and returns how to
     /// mount it. Its root directory starts with the immediate parent's root
     /// attributes, or 0755 owned by 0:0 for a base layer.

@@ -552,6 +552,11 @@ impl Driver for Overlay2 {
         }
     }
 
+    fn max_depth(&self) -> Option<usize> {
+        // A container on a chain of N committed layers mounts N lowers.
+        Some(MAX_OVERLAY_DEPTH)
+    }
+
     fn prepare(&self, id: &LayerId, parents: &[LayerId], opts: &PrepareOpts) -> Result<Vec<Mount>> {
         if opts.size_limit.is_some() {
             return Err(Error::Unsupported {

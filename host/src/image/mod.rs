@@ -90,6 +90,17 @@ pub struct Removed {
     pub layers: Vec<String>,
 }
 
+/// One source image once its layers and blobs are in the store.
+#[derive(Clone, Debug)]
+struct Unpacked {
+    manifest: Digest,
+    layers: Vec<ImageLayer>,
+    /// Uncompressed bytes unpacked.
+    unpacked: u64,
+    /// Layers that were present already.
+    shared: usize,
+}
+
 #[derive(serde::Deserialize)]
 struct ConfigRootfs {
     rootfs: RootFs,
@@ -196,26 +207,25 @@ impl Store {
             let src = source::open(s, path)?;
             let plan = plan_names(&src.desc, &src.images, name, pick)?;
             let mut out = Vec::new();
-            let mut done: Vec<Option<(Digest, Vec<ImageLayer>, u64, usize)>> =
-                (0..src.images.len()).map(|_| None).collect();
+            // Several tags of one docker archive image share one unpacking.
+            let mut done: Vec<Option<Unpacked>> = (0..src.images.len()).map(|_| None).collect();
             for (k, n) in plan {
                 check_name(&n)?;
                 let img = &src.images[k];
-                if done[k].is_none() {
-                    done[k] = Some(s.import_layers(&src.desc, img, &n, src.staged, progress)?);
-                }
-                let (manifest, layers, unpacked, shared) = done[k]
-                    .clone()
-                    .unwrap_or_else(|| unreachable!("filled above"));
-                let unchanged = s.record_image(&n, &manifest, &img.config.0, &layers)?;
+                let u = match &done[k] {
+                    Some(u) => u.clone(),
+                    None => s.import_layers(&src.desc, img, &n, src.staged, progress)?,
+                };
+                let unchanged = s.record_image(&n, &u.manifest, &img.config.0, &u.layers)?;
                 out.push(Imported {
                     name: n,
-                    manifest_digest: manifest.to_string(),
-                    layers: layers.len(),
-                    shared,
-                    unpacked_bytes: unpacked,
+                    manifest_digest: u.manifest.to_string(),
+                    layers: u.layers.len(),
+                    shared: u.shared,
+                    unpacked_bytes: u.unpacked,
                     unchanged,
                 });
+                done[k] = Some(u);
             }
             Ok(out)
         })
@@ -231,7 +241,7 @@ impl Store {
         name: &str,
         staged: bool,
         progress: &dyn Fn(Progress<'_>),
-    ) -> Result<(Digest, Vec<ImageLayer>, u64, usize)> {
+    ) -> Result<Unpacked> {
         let ids = diff_ids(desc, &img.config.1)?;
         if ids.len() != img.layers.len() {
             return Err(Error::BadImage {
@@ -284,7 +294,12 @@ impl Store {
         let mpath = self.staging_file("manifest")?;
         std::fs::write(&mpath, &mbytes).ctx("write", &mpath)?;
         self.put_blob(&mdigest, &mtype, mbytes.len() as u64, &mpath, true)?;
-        Ok((mdigest, layers, unpacked, shared))
+        Ok(Unpacked {
+            manifest: mdigest,
+            layers,
+            unpacked,
+            shared,
+        })
     }
 
     /// One layer: unpacked (or shared by chain id), its blob verified and

@@ -107,7 +107,7 @@ fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
 }
 
 fn digest_of(desc: &str, d: &Descriptor) -> Result<Digest> {
-    Digest::parse(&d.digest().to_string()).map_err(|e| bad(desc, e.to_string()))
+    Digest::parse(d.digest().as_ref()).map_err(|e| bad(desc, e.to_string()))
 }
 
 fn read_layout(dir: &Path, desc: &str) -> Result<Vec<SourceImage>> {

@@ -1,0 +1,536 @@
+//! One backend under test, in a fresh root, with everything a case needs
+//! and a teardown that leaves nothing behind.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::collections::BTreeSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use drivers_api::{Backend, ErrorKind, Mount, PrepareOpts};
+use drivers_host::store::Store;
+use drivers_host::store::snapshots::{Info, Labels};
+
+use crate::fschange::{self, FsChange};
+use crate::tree::{self, CompareOpts, Tree};
+
+/// Prefix of every fixture root, so stale ones are recognisable:
+/// `/tmp/drivers-it-<random>/`.
+pub const ROOT_PREFIX: &str = "drivers-it-";
+
+/// Directories the host creates under the state dir for any operation
+/// (mount points, per-operation staging, blobs). Empty, they are not
+/// something an operation left behind; anything inside them is.
+const HOST_DIRS: &[&str] = &["mounts", "staging", "content", "content/sha256"];
+
+/// The label containerd's suite puts on every Prepare/View/Commit.
+pub const GC_ROOT: &str = "containerd.io/gc.root";
+
+/// A mount that is always taken off: explicitly with [`MountGuard::unmount`]
+/// (which reports errors), or on drop (also while unwinding from a panic).
+#[derive(Debug)]
+pub struct MountGuard {
+    target: PathBuf,
+    armed: bool,
+}
+
+impl MountGuard {
+    /// Performs `mounts` on `target` (which must exist).
+    pub fn mount(mounts: &[Mount], target: &Path) -> Result<MountGuard> {
+        drivers_mount::mount(mounts, target)
+            .with_context(|| format!("mount {mounts:?} on {}", target.display()))?;
+        Ok(MountGuard {
+            target: target.to_owned(),
+            armed: true,
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts now and removes the (empty) mount point.
+    pub fn unmount(mut self) -> Result<()> {
+        self.armed = false;
+        drivers_mount::unmount(&self.target)
+            .with_context(|| format!("unmount {}", self.target.display()))?;
+        let _ = std::fs::remove_dir(&self.target);
+        Ok(())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Err(e) = drivers_mount::unmount(&self.target) {
+            eprintln!(
+                "drivers-it: could not unmount {}: {e}",
+                self.target.display()
+            );
+            return;
+        }
+        let _ = std::fs::remove_dir(&self.target);
+    }
+}
+
+/// One backend in a fresh root `/tmp/drivers-it-<random>/`:
+///
+/// ```text
+/// <root>/<backend>/   the backend's state dir, with the store's metadata
+/// <root>/work/        mount points and flat comparison directories
+/// <root>/canary/      (on demand) files outside the state dir that hostile
+///                     layers aim at
+/// ```
+///
+/// Dropping it unmounts whatever is still mounted under the root and
+/// deletes the root, also when the case failed or panicked.
+pub struct Fixture {
+    backend: &'static Backend,
+    label: String,
+    root: PathBuf,
+    store: RefCell<Option<Store>>,
+    baseline: BTreeSet<PathBuf>,
+    counter: Cell<u32>,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture")
+            .field("label", &self.label)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens `backend` with an empty config table under `root`, then its store.
+pub fn open_store(backend: &Backend, root: &Path) -> Result<Store> {
+    let env = drivers_host::backends::env(root, backend.name);
+    let driver = (backend.open)(&env, &toml::Table::new())
+        .with_context(|| format!("open backend {} under {}", backend.name, root.display()))?;
+    Store::open(&env.state_dir, driver)
+        .with_context(|| format!("open the store in {}", env.state_dir.display()))
+}
+
+impl Fixture {
+    /// A fresh root with `backend` and its store opened in it; `label`
+    /// (`<backend>::<case>`) prefixes what the fixture prints.
+    pub fn new(backend: &'static Backend, label: &str) -> Result<Fixture> {
+        let root = std::env::temp_dir().join(format!(
+            "{ROOT_PREFIX}{}",
+            drivers_host::store::random_hex(6)
+        ));
+        std::fs::create_dir(&root).with_context(|| format!("create {}", root.display()))?;
+        // Everything below must not depend on the process umask.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        let mut fx = Fixture {
+            backend,
+            label: label.to_owned(),
+            root,
+            store: RefCell::new(None),
+            baseline: BTreeSet::new(),
+            counter: Cell::new(0),
+        };
+        std::fs::create_dir(fx.work())?;
+        let store = open_store(backend, &fx.root)?;
+        *fx.store.get_mut() = Some(store);
+        fx.baseline = fx.backend_listing()?;
+        Ok(fx)
+    }
+
+    /// The backend under test.
+    pub fn backend(&self) -> &'static Backend {
+        self.backend
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &'static str {
+        self.backend.name
+    }
+
+    /// `<backend>::<case>`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The fixture root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<backend>`.
+    pub fn state_dir(&self) -> PathBuf {
+        drivers_host::backends::env(&self.root, self.backend.name).state_dir
+    }
+
+    /// `<root>/work`.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// The store. Do not hold it across another call that needs it.
+    pub fn store(&self) -> RefMut<'_, Store> {
+        RefMut::map(self.store.borrow_mut(), |s| {
+            s.as_mut()
+                .expect("the store is open outside Fixture::reopen")
+        })
+    }
+
+    /// Closes the store and opens it again, as the next process would:
+    /// `Store::open` recovers what interrupted operations left.
+    pub fn reopen(&self) -> Result<()> {
+        let old = self.store.borrow_mut().take();
+        if let Some(mut s) = old {
+            s.close()?;
+        }
+        let store = open_store(self.backend, &self.root)?;
+        *self.store.borrow_mut() = Some(store);
+        Ok(())
+    }
+
+    /// A unique name with `prefix`.
+    pub fn unique(&self, prefix: &str) -> String {
+        let n = self.counter.get() + 1;
+        self.counter.set(n);
+        format!("{prefix}-{n}")
+    }
+
+    /// A fresh empty directory under `work/`.
+    pub fn work_dir(&self, prefix: &str) -> Result<PathBuf> {
+        let d = self.work().join(self.unique(prefix));
+        std::fs::create_dir(&d).with_context(|| format!("create {}", d.display()))?;
+        Ok(d)
+    }
+
+    /// A fresh "flat" directory shaped like a layer root (0755, 0:0), to
+    /// apply the same changes as a snapshot and compare.
+    pub fn flat_dir(&self) -> Result<PathBuf> {
+        let d = self.work_dir("flat")?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::chown(&d, Some(0), Some(0))?;
+        Ok(d)
+    }
+
+    /// `containerd.io/gc.root=<RFC 3339 now>`, the label containerd's suite
+    /// passes to every Prepare/View/Commit.
+    pub fn labels(&self) -> Labels {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        Labels::from([(GC_ROOT.to_owned(), now)])
+    }
+
+    /// `prepare(key, parent)` with [`Fixture::labels`].
+    pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
+        let labels = self.labels();
+        self.store()
+            .prepare(key, parent, &labels, &PrepareOpts::default())
+            .with_context(|| format!("prepare {key:?} on {parent:?}"))
+    }
+
+    /// `view(key, parent)` with [`Fixture::labels`].
+    pub fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
+        let labels = self.labels();
+        self.store()
+            .view(key, parent, &labels)
+            .with_context(|| format!("view {key:?} of {parent:?}"))
+    }
+
+    /// `commit(name, key)` with [`Fixture::labels`].
+    pub fn commit(&self, name: &str, key: &str) -> Result<()> {
+        let labels = self.labels();
+        self.store()
+            .commit(name, key, &labels)
+            .with_context(|| format!("commit {key:?} as {name:?}"))?;
+        Ok(())
+    }
+
+    /// `remove(key)`.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        self.store()
+            .remove(key)
+            .with_context(|| format!("remove {key:?}"))
+    }
+
+    /// `stat(key)`.
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        self.store()
+            .stat(key)
+            .with_context(|| format!("stat {key:?}"))
+    }
+
+    /// Names of every snapshot, as `walk` lists them.
+    pub fn snapshot_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        self.store().walk(&[], |i| {
+            names.push(i.name.clone());
+            Ok(())
+        })?;
+        Ok(names)
+    }
+
+    /// Mounts `mounts` on a fresh directory, runs `f` on it and always
+    /// unmounts (an unmount error is reported when `f` succeeded).
+    pub fn with_mounts<T>(
+        &self,
+        mounts: &[Mount],
+        f: impl FnOnce(&Path) -> Result<T>,
+    ) -> Result<T> {
+        let target = self.work_dir("mnt")?;
+        let guard = MountGuard::mount(mounts, &target)?;
+        let out = f(guard.path());
+        let unmounted = guard.unmount();
+        let out = out?;
+        unmounted?;
+        Ok(out)
+    }
+
+    /// Mounts snapshot `key` (`store.mounts(key)`) and runs `f` on its root.
+    pub fn with_mounted<T>(&self, key: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let mounts = self
+            .store()
+            .mounts(key)
+            .with_context(|| format!("mounts of {key:?}"))?;
+        self.with_mounts(&mounts, f)
+            .with_context(|| format!("with {key:?} mounted"))
+    }
+
+    /// Applies `changes` through a mount of snapshot `key`.
+    pub fn apply_mounted(&self, key: &str, changes: &[FsChange]) -> Result<()> {
+        self.with_mounted(key, |root| fschange::apply(root, changes))
+    }
+
+    /// Requires the mounted snapshot `key` to equal the tree at `expected`.
+    pub fn expect_mounted_equal(&self, key: &str, expected: &Path, what: &str) -> Result<()> {
+        let label = format!("{}: {what}", self.label);
+        self.with_mounted(key, |root| {
+            tree::expect_equal(&label, expected, root, CompareOpts::default())
+        })
+    }
+
+    /// A committed snapshot `name` on `parent` holding `changes`, made
+    /// through a mount of an active snapshot `<name>-prepare`.
+    pub fn committed(&self, name: &str, parent: Option<&str>, changes: &[FsChange]) -> Result<()> {
+        let key = format!("{name}-prepare");
+        self.prepare(&key, parent)?;
+        self.apply_mounted(&key, changes)?;
+        self.commit(name, &key)
+    }
+
+    /// containerd's `checkSnapshots`: for each applier, prepare on the
+    /// previous committed snapshot, apply through a mount, unmount, commit;
+    /// apply the same to a flat directory; then view the committed
+    /// snapshot, mount it and require it to equal the flat directory;
+    /// unmount and remove the view. Returns the committed names.
+    pub fn check_snapshots(&self, appliers: &[Vec<FsChange>]) -> Result<Vec<String>> {
+        let flat = self.flat_dir()?;
+        let mut parent: Option<String> = None;
+        let mut names = Vec::new();
+        for (i, changes) in appliers.iter().enumerate() {
+            let n = format!("layer{}-{}", i + 1, drivers_host::store::random_hex(4));
+            let step = || -> Result<()> {
+                self.committed(&n, parent.as_deref(), changes)?;
+                fschange::apply(&flat, changes)?;
+                let view = format!("{n}-view");
+                self.view(&view, Some(&n))?;
+                self.expect_mounted_equal(&view, &flat, &format!("view of snapshot {}", i + 1))?;
+                self.remove(&view)
+            };
+            step().with_context(|| format!("snapshot {} of {}", i + 1, appliers.len()))?;
+            names.push(n.clone());
+            parent = Some(n);
+        }
+        Ok(names)
+    }
+
+    /// Every path under the state dir except the store's database files,
+    /// relative to it.
+    pub fn backend_listing(&self) -> Result<BTreeSet<PathBuf>> {
+        Ok(tree::all_paths(&self.state_dir())?
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().starts_with("metadata.db"))
+            .collect())
+    }
+
+    /// Requires that nothing appeared under the state dir since `before`
+    /// (a listing from [`Fixture::backend_listing`]; `None`: right after
+    /// the fixture opened the store).
+    pub fn expect_no_residue(&self, before: Option<&BTreeSet<PathBuf>>) -> Result<()> {
+        let before = before.unwrap_or(&self.baseline);
+        let now = self.backend_listing()?;
+        let new: Vec<String> = now
+            .difference(before)
+            .filter(|p| !HOST_DIRS.iter().any(|d| p.as_path() == Path::new(d)))
+            .map(|p| p.display().to_string())
+            .collect();
+        ensure!(
+            new.is_empty(),
+            "left behind under {}: {}",
+            self.state_dir().display(),
+            new.join(", ")
+        );
+        Ok(())
+    }
+
+    /// Requires that nothing is mounted under the fixture root.
+    pub fn expect_no_mounts(&self) -> Result<()> {
+        let m = drivers_mount::mounts_under(&self.root)?;
+        ensure!(
+            m.is_empty(),
+            "still mounted under {}: {m:?}",
+            self.root.display()
+        );
+        Ok(())
+    }
+
+    /// Prints the fixture root to stderr (at most 400 entries), as
+    /// containerd's `DumpDirOnFailure` does.
+    pub fn dump(&self) {
+        let paths = tree::all_paths(&self.root).unwrap_or_default();
+        let mut s = format!(
+            "---- {}: fixture root {} ----\n",
+            self.label,
+            self.root.display()
+        );
+        for p in paths.iter().take(400) {
+            let full = self.root.join(p);
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) => s.push_str(&format!(
+                    "{:o} {}:{} {:>9} {}\n",
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    m.len(),
+                    p.display()
+                )),
+                Err(e) => s.push_str(&format!("? {} ({e})\n", p.display())),
+            }
+        }
+        if paths.len() > 400 {
+            s.push_str(&format!("… {} more\n", paths.len() - 400));
+        }
+        eprint!("{s}");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        if let Some(mut s) = self.store.get_mut().take() {
+            let _ = s.close();
+        }
+        remove_root(&self.root);
+    }
+}
+
+/// Unmounts everything under `root` (deepest first), then deletes it. If
+/// something stays mounted the root is kept, never deleted through a mount.
+pub fn remove_root(root: &Path) {
+    for m in drivers_mount::mounts_under(root).unwrap_or_default() {
+        if let Err(e) = drivers_mount::unmount(&m) {
+            eprintln!("drivers-it: unmount {}: {e}; detaching it", m.display());
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    match drivers_mount::mounts_under(root) {
+        Ok(left) if left.is_empty() => {
+            if let Err(e) = drivers_fs::remove_tree(root) {
+                eprintln!("drivers-it: could not remove {}: {e}", root.display());
+            }
+        }
+        Ok(left) => eprintln!(
+            "drivers-it: keeping {} because these are still mounted: {left:?}",
+            root.display()
+        ),
+        Err(e) => eprintln!("drivers-it: keeping {}: {e}", root.display()),
+    }
+}
+
+/// Requires `r` to be an error of class `kind` and returns it.
+pub fn expect_kind<T: std::fmt::Debug>(
+    r: drivers_host::Result<T>,
+    kind: ErrorKind,
+    what: &str,
+) -> Result<drivers_host::Error> {
+    match r {
+        Ok(v) => bail!("{what}: expected a {kind:?} error, got success ({v:?})"),
+        Err(e) if e.kind() == kind => Ok(e),
+        Err(e) => Err(anyhow!(
+            "{what}: expected a {kind:?} error, got {:?}: {}",
+            e.kind(),
+            error_chain(&e)
+        )),
+    }
+}
+
+/// An error and its sources on one line, joined with `: `.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The mode, owner and entry names of a directory, for root checks.
+pub fn dir_summary(p: &Path) -> Result<(u32, u32, u32, Vec<String>)> {
+    let m = std::fs::symlink_metadata(p)?;
+    let mut names: Vec<String> = std::fs::read_dir(p)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    Ok((m.mode() & 0o7777, m.uid(), m.gid(), names))
+}
+
+/// A file planted outside the state dir, which hostile layers aim at; any
+/// change to it (content, links, new entries) is detected.
+#[derive(Debug)]
+pub struct Canary {
+    /// `<root>/canary`.
+    pub dir: PathBuf,
+    before: Tree,
+}
+
+impl Canary {
+    /// Creates `<root>/canary/` with `secret` and `sub/`.
+    pub fn plant(fx: &Fixture) -> Result<Canary> {
+        let dir = fx.root().join("canary");
+        std::fs::create_dir(&dir)?;
+        fschange::apply(
+            &dir,
+            &[
+                FsChange::file("/secret", "canary\n", 0o644),
+                FsChange::dir("/sub", 0o755),
+            ],
+        )?;
+        let before = Tree::read(&dir)?;
+        Ok(Canary { dir, before })
+    }
+
+    /// The canary dir as a path relative to `/` (no leading slash).
+    pub fn rel_from_fs_root(&self) -> String {
+        self.dir
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_owned()
+    }
+
+    /// Requires the canary to be exactly as planted, link counts included.
+    pub fn check(&self, label: &str) -> Result<()> {
+        let now = Tree::read(&self.dir)?;
+        tree::expect_trees_equal(
+            &format!("{label}: canary"),
+            &self.before,
+            &now,
+            CompareOpts {
+                nlink: true,
+                skip_root: false,
+            },
+        )
+    }
+}
