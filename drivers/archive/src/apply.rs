@@ -594,7 +594,7 @@ impl<'p> Applier<'p> {
         }
         for (key, value) in xattrs {
             rustix::fs::fsetxattr(fd, &key[..], value, XattrFlags::empty())
-                .map_err(|e| Error::io(&self.name, "set xattr", e))?;
+                .map_err(|e| Error::xattr(&self.name, key, e))?;
         }
         Ok(())
     }
@@ -620,7 +620,7 @@ impl<'p> Applier<'p> {
         }
         for (key, value) in &p.xattrs {
             xattr::set(dir, name, OsStr::from_bytes(key), value)
-                .map_err(|e| Error::io(&self.name, "set xattr", e))?;
+                .map_err(|e| Error::xattr(&self.name, key, e))?;
         }
         let times = Timestamps {
             last_access: p.mtime,

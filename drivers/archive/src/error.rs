@@ -93,6 +93,20 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The target filesystem refused an extended attribute the layer
+    /// carries (e.g. `user.*` on ramfs); the layer cannot be stored there
+    /// faithfully, so it is refused rather than stored without it.
+    #[error("layer entry {path}: cannot set xattr {key}")]
+    Xattr {
+        /// The entry's name, quoted and escaped.
+        path: String,
+        /// The attribute's name, escaped.
+        key: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
     /// A filesystem call on the target root itself failed.
     #[error("failed to {op} {}", .path.display())]
     Target {
@@ -118,7 +132,14 @@ impl Error {
             | Error::Truncated { .. }
             | Error::Corrupt { .. }
             | Error::DigestMismatch { .. } => ErrorKind::Invalid,
-            Error::Read { .. } | Error::Io { .. } | Error::Target { .. } => ErrorKind::Internal,
+            Error::Xattr { source, .. }
+                if source.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) =>
+            {
+                ErrorKind::Unsupported
+            }
+            Error::Read { .. } | Error::Io { .. } | Error::Target { .. } | Error::Xattr { .. } => {
+                ErrorKind::Internal
+            }
         }
     }
 
@@ -134,6 +155,14 @@ impl Error {
         Error::Entry {
             path: quote(path),
             problem,
+        }
+    }
+
+    pub(crate) fn xattr(path: &[u8], key: &[u8], source: impl Into<io::Error>) -> Error {
+        Error::Xattr {
+            path: quote(path),
+            key: String::from_utf8_lossy(key).escape_debug().to_string(),
+            source: source.into(),
         }
     }
 

@@ -24,8 +24,10 @@
 //! directory of a changed path, with current attributes; a directory comes
 //! before its contents, and within a directory the opaque marker comes
 //! first, then whiteouts, then the other entries, each group by name bytes.
-//! The layer root itself is never an entry (as with moby and containerd):
-//! changes to the root directory's own attributes are not carried.
+//! The layer root is a `./` entry when its own mode, owner or xattrs differ
+//! from the parent's root (always, for a base layer), so a `chmod /` in a
+//! container survives `commit`; moby and containerd drop it. [`changes`]
+//! never lists the root, as moby's `Changes` does not.
 
 mod compare;
 mod error;
@@ -135,10 +137,60 @@ pub fn write_layer(src: &DiffSource, out: impl Write) -> Result<WriteReport> {
         _ => Path::new(""),
     };
     let mut sink = writer::TarSink::new(out, root);
+    root_entry(src, &mut sink)?;
     walk(src, &mut sink)?;
     let report = sink.finish()?;
     tracing::debug!(diff_id = %report.diff_id, bytes = report.tar_bytes, entries = report.entries, "wrote layer tar");
     Ok(report)
+}
+
+/// Extended attributes as listed: (name, value), sorted.
+type Xattrs = Vec<(OsString, Vec<u8>)>;
+
+/// Mode, owner and image xattrs of a directory.
+fn root_attrs(dir: &Path) -> Result<(rustix::fs::Stat, Xattrs)> {
+    let io = |op, e| Error::Io {
+        op,
+        path: dir.to_owned(),
+        source: e,
+    };
+    let fd = drivers_fs::open_dir(dir).map_err(|e| io("open layer root", e))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io("stat layer root", e.into()))?;
+    let mut xattrs = drivers_fs::xattr::list(std::os::fd::AsFd::as_fd(&fd), c".")
+        .map_err(|e| io("read xattrs of", e))?;
+    xattrs.retain(|(k, _)| !drivers_fs::xattr::is_storage_internal(k.as_bytes()));
+    Ok((st, xattrs))
+}
+
+/// Emits `./` when the layer root's attributes differ from its parent's.
+fn root_entry(src: &DiffSource, sink: &mut dyn Sink) -> Result<()> {
+    let (root, parent) = match src {
+        DiffSource::Compare { layer, parent } => (layer.as_path(), parent.as_deref()),
+        DiffSource::OverlayUpper { upper, lower } => {
+            (upper.as_path(), lower.first().map(PathBuf::as_path))
+        }
+        _ => return Ok(()),
+    };
+    let (st, xattrs) = root_attrs(root)?;
+    let differs = match parent {
+        None => true,
+        Some(p) => {
+            let (pst, pxattrs) = root_attrs(p)?;
+            (st.st_mode, st.st_uid, st.st_gid, &xattrs)
+                != (pst.st_mode, pst.st_uid, pst.st_gid, &pxattrs)
+        }
+    };
+    if !differs {
+        return Ok(());
+    }
+    let node = Node {
+        path: b".",
+        st: &st,
+        xattrs: &xattrs,
+        target: None,
+        at: None,
+    };
+    sink.entry(&node, Some(ChangeKind::Modify))
 }
 
 fn walk(src: &DiffSource, sink: &mut dyn Sink) -> Result<()> {

@@ -296,10 +296,37 @@ fn diff_id_is_sha256_of_written_bytes() {
     assert_eq!(report.tar_bytes, bytes.len() as u64);
     assert_eq!(bytes.len() % 512, 0);
     assert!(bytes[bytes.len() - 1024..].iter().all(|&b| b == 0));
-    assert_eq!((report.entries, report.file_bytes), (3, 1512));
+    // a/, a/b, c, plus ./ since a base layer carries its root's attributes.
+    assert_eq!((report.entries, report.file_bytes), (4, 1512));
     // Equal trees give equal tars.
     let (again, _) = write_to_file(&compare(layer.path(), None), out.path());
     assert_eq!(again, report);
+}
+
+/// A change to the layer root's own mode or owner is carried as a `./`
+/// entry (a `chmod /` in a container must survive commit); an unchanged
+/// root is not an entry.
+#[test]
+fn root_attributes_are_carried_when_changed() {
+    require_root();
+    let parent = tmp();
+    write(&parent.path().join("f"), b"x", 0o644);
+    let layer = tmp();
+    drivers_fs::copy::copy_tree(parent.path(), layer.path()).unwrap();
+    let out = tmp();
+    let (_, bytes) = write_to_file(&compare(layer.path(), Some(parent.path())), out.path());
+    assert!(
+        read_tar(&bytes).is_empty(),
+        "an unchanged root is not an entry"
+    );
+
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o711);
+    std::fs::set_permissions(layer.path(), mode).unwrap();
+    std::os::unix::fs::chown(layer.path(), Some(7), Some(8)).unwrap();
+    let (report, bytes) = write_to_file(&compare(layer.path(), Some(parent.path())), out.path());
+    let got: Vec<String> = read_tar(&bytes).iter().map(TarEntry::line).collect();
+    assert_eq!(got, ["./ 5 0711 7:8"]);
+    assert_eq!(report.entries, 1);
 }
 
 /// File data is streamed: a 64 MiB file reaches the writer in bounded

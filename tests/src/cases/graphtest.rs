@@ -450,8 +450,13 @@ pub fn xattr_unsupported_by_backing_fs(fx: &Fixture) -> Result<()> {
         let msg = error_chain(&e);
         ensure!(!msg.contains('\n'), "the error is not one line: {msg:?}");
         ensure!(
-            msg.contains("xattr"),
-            "the error does not mention the xattr: {msg}"
+            msg.contains("xattr user.test"),
+            "the error does not name the xattr: {msg}"
+        );
+        ensure!(
+            e.kind() == drivers_api::ErrorKind::Unsupported,
+            "a filesystem without user xattrs is an unsupported target, not an internal error: {:?}",
+            e.kind()
         );
         ensure!(
             msg.contains("etc/xattr-carrier"),
