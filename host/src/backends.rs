@@ -64,16 +64,16 @@ pub fn env(root: &Path, name: &str) -> HostEnv {
     }
 }
 
-/// Whether `b` can work here.
-pub fn probe(root: &Path, b: &Backend) -> Availability {
-    (b.probe)(&env(root, b.name))
+/// Whether `b` can work here, with its table from `cfg`.
+pub fn probe(root: &Path, b: &Backend, cfg: &Config) -> Availability {
+    (b.probe)(&env(root, b.name), &cfg.table(b.name))
 }
 
 /// Opens the active backend's store: probes it, opens it with its config
 /// table, then opens (and recovers) its metadata.
 pub fn open_store(root: &Path, cfg: &Config) -> Result<Store> {
     let b = find(cfg.backend())?;
-    if let Availability::Unusable { reason, hint } = probe(root, b) {
+    if let Availability::Unusable { reason, hint } = probe(root, b, cfg) {
         return Err(Error::Backend(drivers_api::Error::Unavailable {
             backend: b.name,
             reason,

@@ -158,6 +158,15 @@ pub fn select(path: &Path, name: &str, table: &toml::Table) -> Result<()> {
                 path: path.to_owned(),
                 reason: e.message().replace('\n', " "),
             })?;
+    // The backend's setup returns its whole table: keys it dropped go.
+    let stale: Vec<String> = t
+        .iter()
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| !table.contains_key(k))
+        .collect();
+    for k in stale {
+        t.remove(&k);
+    }
     for (k, item) in fresh.iter() {
         t.insert(k, item.clone());
     }

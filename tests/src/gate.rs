@@ -120,7 +120,7 @@ pub fn decide(backend: &str, env: &GateEnv, probe: impl FnOnce() -> Availability
 /// (where [`crate::Fixture`] puts its roots). Side-effect free.
 pub fn probe(backend: &Backend) -> Availability {
     let root = std::env::temp_dir().join("drivers-it-probe");
-    drivers_host::backends::probe(&root, backend)
+    drivers_host::backends::probe(&root, backend, &Default::default())
 }
 
 #[cfg(test)]

@@ -359,15 +359,69 @@ pub enum Availability {
     },
 }
 
+/// What the user asked for at `drivers select <backend> …`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelectArgs {
+    /// `--path DIR`: use an existing filesystem mounted there.
+    pub path: Option<PathBuf>,
+    /// `--loopback SIZE`: create a file-backed filesystem (or pool) of SIZE
+    /// bytes under the state directory and use it.
+    pub loopback: Option<u64>,
+    /// `--dataset POOL/NAME`: the zfs dataset to keep layers under.
+    pub dataset: Option<String>,
+}
+
+impl SelectArgs {
+    /// Refuses every option not named in `allowed` (`"path"`, `"loopback"`,
+    /// `"dataset"`), so a backend never silently ignores what the user typed.
+    pub fn only(&self, backend: &'static str, allowed: &[&str]) -> Result<()> {
+        let given = [
+            ("path", self.path.is_some()),
+            ("loopback", self.loopback.is_some()),
+            ("dataset", self.dataset.is_some()),
+        ];
+        for (opt, set) in given {
+            if set && !allowed.contains(&opt) {
+                return Err(Error::Invalid {
+                    field: "select option",
+                    reason: format!("backend {backend} does not take --{opt}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a backend's `[backends.<name>]` table into its typed config; the
+/// message of an unknown key or a wrong type is one line.
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    field: &'static str,
+    table: &toml::Table,
+) -> Result<T> {
+    table
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Invalid {
+            field,
+            reason: e.message().replace('\n', " "),
+        })
+}
+
 /// How the host finds, checks and opens one backend.
 pub struct Backend {
     /// The name users type.
     pub name: &'static str,
-    /// Can this backend work here? Cheap and side-effect free; feeds
-    /// `drivers check` and `drivers select`.
-    pub probe: fn(&HostEnv) -> Availability,
-    /// Opens the backend with its own `[backends.<name>]` table from the
-    /// config file (empty when absent).
+    /// Can this backend work here, with its `[backends.<name>]` table from
+    /// the config file (empty when absent)? Cheap and side-effect free;
+    /// feeds `drivers check` and `drivers select`.
+    pub probe: fn(&HostEnv, &toml::Table) -> Availability,
+    /// Runs at `drivers select`: checks `args` against the machine, prepares
+    /// what the backend needs (e.g. creates and mounts a loopback
+    /// filesystem) and returns the table to record in the config. Refuses
+    /// options it does not take.
+    pub setup: fn(&HostEnv, &SelectArgs, &toml::Table) -> Result<toml::Table>,
+    /// Opens the backend with its own table (empty when absent). Re-creates
+    /// what a reboot undid (re-attaches a loopback, re-mounts it).
     pub open: fn(&HostEnv, &toml::Table) -> Result<Box<dyn Driver>>,
 }
 
@@ -396,6 +450,16 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A backend refuses every select option it does not take, by name.
+    #[test]
+    fn select_args_refused_by_name() {
+        let a = SelectArgs { loopback: Some(1 << 30), ..Default::default() };
+        assert!(a.only("btrfs", &["path", "loopback"]).is_ok());
+        let e = a.only("vfs", &[]).unwrap_err().to_string();
+        assert!(e.contains("vfs does not take --loopback"), "{e}");
+        assert!(SelectArgs::default().only("vfs", &[]).is_ok());
     }
 
     /// Error text is lowercase and the hint only appears where one helps.

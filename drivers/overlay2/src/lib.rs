@@ -23,7 +23,7 @@
 //! into `l/` (see `drivers-mount`), while 500 paths under `layers/` would not.
 //!
 //! ```no_run
-//! use drivers_api::{HostEnv, LayerId, PrepareOpts};
+//! use drivers_api::{SelectArgs, HostEnv, LayerId, PrepareOpts};
 //! let env = HostEnv { state_dir: "/var/lib/drivers/overlay2".into() };
 //! let table: toml::Table = toml::from_str(r#"mount_options = ["xino=on"]"#).unwrap();
 //! let ovl = (drivers_overlay2::BACKEND.open)(&env, &table)?;
@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 
 use drivers_api::{
     ApplyFormat, ApplyTarget, Backend, Capabilities, DiffSource, Driver, Error, HostEnv, IoContext,
-    LayerId, Mount, OverlayUpper, PrepareOpts, Result, Support, Usage,
+    LayerId, Mount, OverlayUpper, PrepareOpts, Result, SelectArgs, Support, Usage,
 };
 use drivers_mount::MountApi;
 use rustix::fs::{CWD, RenameFlags};
@@ -54,7 +54,8 @@ const NAME: &str = "overlay2";
 /// How the host finds, probes and opens the overlay2 backend.
 pub const BACKEND: Backend = Backend {
     name: NAME,
-    probe: probe::probe,
+    probe: |env, _| probe::probe(env),
+    setup,
     open,
 };
 
@@ -643,14 +644,15 @@ impl Driver for Overlay2 {
     }
 }
 
+/// `drivers select overlay2`: no options yet; checks the recorded settings.
+fn setup(_env: &HostEnv, args: &SelectArgs, table: &toml::Table) -> Result<toml::Table> {
+    args.only(NAME, &[])?;
+    let _: Config = drivers_api::parse_config("backends.overlay2", table)?;
+    Ok(table.clone())
+}
+
 fn open(env: &HostEnv, table: &toml::Table) -> Result<Box<dyn Driver>> {
-    let config: Config = table
-        .clone()
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Invalid {
-            field: "backends.overlay2",
-            reason: e.message().replace('\n', " "),
-        })?;
+    let config: Config = drivers_api::parse_config("backends.overlay2", table)?;
     Ok(Box::new(Overlay2::open(env, config)?))
 }
 

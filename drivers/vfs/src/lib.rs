@@ -19,7 +19,7 @@
 //! in `tmp/`.
 //!
 //! ```no_run
-//! use drivers_api::{HostEnv, LayerId, PrepareOpts};
+//! use drivers_api::{SelectArgs, HostEnv, LayerId, PrepareOpts};
 //! let env = HostEnv { state_dir: "/var/lib/drivers/vfs".into() };
 //! let vfs = (drivers_vfs::BACKEND.open)(&env, &toml::Table::new())?;
 //! let base = LayerId::new("base")?;
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use drivers_api::{
     ApplyFormat, ApplyTarget, Availability, Backend, Capabilities, DiffSource, Driver, Error,
-    HostEnv, IoContext, LayerId, Mount, PrepareOpts, Result, Support, Usage,
+    HostEnv, IoContext, LayerId, Mount, PrepareOpts, Result, SelectArgs, Support, Usage,
 };
 use rustix::fs::{Access, CWD, RenameFlags, StatVfsMountFlags};
 
@@ -44,7 +44,8 @@ const NAME: &str = "vfs";
 /// How the host finds, probes and opens the vfs backend.
 pub const BACKEND: Backend = Backend {
     name: NAME,
-    probe,
+    probe: |env, _| probe(env),
+    setup,
     open,
 };
 
@@ -364,14 +365,15 @@ fn probe(env: &HostEnv) -> Availability {
     Availability::Usable
 }
 
+/// `drivers select vfs`: no options yet; checks the recorded settings.
+fn setup(_env: &HostEnv, args: &SelectArgs, table: &toml::Table) -> Result<toml::Table> {
+    args.only(NAME, &[])?;
+    let _: Config = drivers_api::parse_config("backends.vfs", table)?;
+    Ok(table.clone())
+}
+
 fn open(env: &HostEnv, table: &toml::Table) -> Result<Box<dyn Driver>> {
-    let config: Config = table
-        .clone()
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Invalid {
-            field: "backends.vfs",
-            reason: e.message().replace('\n', " "),
-        })?;
+    let config: Config = drivers_api::parse_config("backends.vfs", table)?;
     Ok(Box::new(Vfs::open(env, config)?))
 }
 

@@ -48,6 +48,15 @@ pub enum Command {
     Select {
         /// overlay2 or vfs (btrfs and zfs are not in this build yet).
         backend: String,
+        /// Use the existing filesystem mounted at DIR (btrfs).
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["loopback", "dataset"])]
+        path: Option<PathBuf>,
+        /// Create a file-backed filesystem or pool of SIZE (e.g. 4G) under the root and use it.
+        #[arg(long, value_parser = output::parse_size, value_name = "SIZE", conflicts_with = "dataset")]
+        loopback: Option<u64>,
+        /// The zfs dataset to keep layers under.
+        #[arg(long, value_name = "POOL/NAME")]
+        dataset: Option<String>,
     },
     /// Active backend, backing filesystem, counts and bytes.
     Status,
@@ -205,7 +214,21 @@ pub fn run(cli: Cli) -> Result<()> {
     let out = Out { json: cli.json };
     match cli.command {
         Command::Check => check(&paths, &out),
-        Command::Select { backend } => select(&paths, &out, &backend),
+        Command::Select {
+            backend,
+            path,
+            loopback,
+            dataset,
+        } => select(
+            &paths,
+            &out,
+            &backend,
+            &drivers_api::SelectArgs {
+                path,
+                loopback,
+                dataset,
+            },
+        ),
         Command::Status => status(&paths, &out),
         Command::Cleanup => {
             let mut store = open(&paths)?;
@@ -234,9 +257,10 @@ fn check(paths: &Paths, out: &Out) -> Result<()> {
         usable: bool,
         reason: Option<String>,
     }
+    let cfg = Config::load(&paths.config)?;
     let mut rows = Vec::new();
     for b in backends::BACKENDS {
-        rows.push(match backends::probe(&paths.root, b) {
+        rows.push(match backends::probe(&paths.root, b, &cfg) {
             Availability::Usable => Row {
                 name: b.name,
                 usable: true,
@@ -271,19 +295,19 @@ fn check(paths: &Paths, out: &Out) -> Result<()> {
     })
 }
 
-fn select(paths: &Paths, out: &Out, name: &str) -> Result<()> {
+fn select(paths: &Paths, out: &Out, name: &str, args: &drivers_api::SelectArgs) -> Result<()> {
     let b = backends::find(name)?;
-    if let Availability::Unusable { reason, hint } = backends::probe(&paths.root, b) {
+    let cfg = Config::load(&paths.config)?;
+    if let Availability::Unusable { reason, hint } = backends::probe(&paths.root, b, &cfg) {
         return Err(Error::Backend(drivers_api::Error::Unavailable {
             backend: b.name,
             reason,
             hint,
         }));
     }
-    let cfg = Config::load(&paths.config)?;
-    let table = cfg.table(name);
-    // Open once: proves the backend works with its settings and creates its store.
     let env = backends::env(&paths.root, b.name);
+    let table = (b.setup)(&env, args, &cfg.table(name))?;
+    // Open once: proves the backend works with its settings and creates its store.
     Store::open(&env.state_dir, (b.open)(&env, &table)?)?;
     config::select(&paths.config, name, &table)?;
     out.emit(

@@ -425,7 +425,7 @@ pub fn xattr_unsupported_by_backing_fs(fx: &Fixture) -> Result<()> {
     let guard = MountGuard::mount(&[fs], &ramfs)?;
     let r = (|| -> Result<()> {
         if let Availability::Unusable { reason, .. } =
-            drivers_host::backends::probe(&ramfs, fx.backend())
+            drivers_host::backends::probe(&ramfs, fx.backend(), &Default::default())
         {
             ensure!(
                 reason.contains("ramfs"),
