@@ -21,6 +21,8 @@ pub const ROOT_ENV: &str = "DRIVERS_IT_CHILD_ROOT";
 pub const BACKEND_ENV: &str = "DRIVERS_IT_CHILD_BACKEND";
 /// The file the child creates once it is half-way.
 pub const MARKER_ENV: &str = "DRIVERS_IT_CHILD_MARKER";
+/// The backend's config table (TOML) the child opens it with.
+pub const TABLE_ENV: &str = "DRIVERS_IT_CHILD_TABLE";
 
 /// The snapshot key the `mount` child prepares.
 pub const MOUNT_KEY: &str = "crash-ctr";
@@ -86,7 +88,9 @@ fn run(mode: &str) -> Result<()> {
     let name = std::env::var(BACKEND_ENV).context(BACKEND_ENV)?;
     let marker = PathBuf::from(std::env::var(MARKER_ENV).context(MARKER_ENV)?);
     let backend = drivers_host::backends::find(&name)?;
-    let mut store = crate::fixture::open_store(backend, &root)?;
+    let table: toml::Table =
+        toml::from_str(&std::env::var(TABLE_ENV).unwrap_or_default()).context(TABLE_ENV)?;
+    let mut store = crate::fixture::open_store(backend, &root, &table)?;
     match mode {
         "apply" => {
             let data = half_way_layer();

@@ -94,6 +94,8 @@ pub struct Fixture {
     store: RefCell<Option<Store>>,
     baseline: BTreeSet<PathBuf>,
     counter: Cell<u32>,
+    /// The backend's config table, as its select-time setup returned it.
+    table: toml::Table,
 }
 
 impl std::fmt::Debug for Fixture {
@@ -105,10 +107,39 @@ impl std::fmt::Debug for Fixture {
     }
 }
 
-/// Opens `backend` with an empty config table under `root`, then its store.
-pub fn open_store(backend: &Backend, root: &Path) -> Result<Store> {
+/// What a test fixture passes to `drivers select <backend>`: a small
+/// loopback filesystem or pool for backends that need one, created by the
+/// same code users run.
+pub fn test_select_args(backend: &str) -> drivers_api::SelectArgs {
+    // Backends that need a filesystem of their own get an arm here.
+    let _ = backend;
+    drivers_api::SelectArgs::default()
+}
+
+/// Runs `backend`'s select-time setup under `root` with the test args and
+/// returns the config table it records.
+pub fn setup_backend(backend: &Backend, root: &Path) -> Result<toml::Table> {
     let env = drivers_host::backends::env(root, backend.name);
-    let driver = (backend.open)(&env, &toml::Table::new())
+    (backend.setup)(&env, &test_select_args(backend.name), &toml::Table::new())
+        .with_context(|| format!("set up backend {} under {}", backend.name, root.display()))
+}
+
+/// Undoes [`setup_backend`]; errors are printed, since this runs in `Drop`.
+pub fn teardown_backend(backend: &Backend, root: &Path, table: &toml::Table) {
+    let env = drivers_host::backends::env(root, backend.name);
+    if let Err(e) = (backend.teardown)(&env, table) {
+        eprintln!(
+            "drivers-it: tear down {} under {}: {e}",
+            backend.name,
+            root.display()
+        );
+    }
+}
+
+/// Opens `backend` with `table` under `root`, then its store.
+pub fn open_store(backend: &Backend, root: &Path, table: &toml::Table) -> Result<Store> {
+    let env = drivers_host::backends::env(root, backend.name);
+    let driver = (backend.open)(&env, table)
         .with_context(|| format!("open backend {} under {}", backend.name, root.display()))?;
     Store::open(&env.state_dir, driver)
         .with_context(|| format!("open the store in {}", env.state_dir.display()))
@@ -132,12 +163,19 @@ impl Fixture {
             store: RefCell::new(None),
             baseline: BTreeSet::new(),
             counter: Cell::new(0),
+            table: toml::Table::new(),
         };
         std::fs::create_dir(fx.work())?;
-        let store = open_store(backend, &fx.root)?;
+        fx.table = setup_backend(backend, &fx.root)?;
+        let store = open_store(backend, &fx.root, &fx.table)?;
         *fx.store.get_mut() = Some(store);
         fx.baseline = fx.backend_listing()?;
         Ok(fx)
+    }
+
+    /// The backend's config table (what `drivers select` would record).
+    pub fn table(&self) -> &toml::Table {
+        &self.table
     }
 
     /// The backend under test.
@@ -185,7 +223,7 @@ impl Fixture {
         if let Some(mut s) = old {
             s.close()?;
         }
-        let store = open_store(self.backend, &self.root)?;
+        let store = open_store(self.backend, &self.root, &self.table)?;
         *self.store.borrow_mut() = Some(store);
         Ok(())
     }
@@ -421,6 +459,14 @@ impl Drop for Fixture {
         if let Some(mut s) = self.store.get_mut().take() {
             let _ = s.close();
         }
+        // Mounts of snapshots first, then what setup made (a loopback
+        // filesystem mounted under the root), then the root itself.
+        for m in drivers_mount::mounts_under(&self.root.join(self.backend.name).join("mounts"))
+            .unwrap_or_default()
+        {
+            let _ = drivers_mount::unmount(&m);
+        }
+        teardown_backend(self.backend, &self.root, &self.table);
         remove_root(&self.root);
     }
 }

@@ -423,6 +423,17 @@ pub struct Backend {
     /// Opens the backend with its own table (empty when absent). Re-creates
     /// what a reboot undid (re-attaches a loopback, re-mounts it).
     pub open: fn(&HostEnv, &toml::Table) -> Result<Box<dyn Driver>>,
+    /// Undoes what `setup` created for `table` (unmounts and deletes a
+    /// loopback filesystem, destroys a loopback pool, detaches loop
+    /// devices). Never touches a filesystem or dataset the user named with
+    /// `--path` or `--dataset` beyond the backend's own state. Used by the
+    /// test fixtures, which must leave the machine as they found it.
+    pub teardown: fn(&HostEnv, &toml::Table) -> Result<()>,
+}
+
+/// A [`Backend::teardown`] for backends whose setup creates nothing.
+pub fn teardown_nothing(_env: &HostEnv, _table: &toml::Table) -> Result<()> {
+    Ok(())
 }
 
 impl fmt::Debug for Backend {
@@ -455,7 +466,10 @@ mod tests {
     /// A backend refuses every select option it does not take, by name.
     #[test]
     fn select_args_refused_by_name() {
-        let a = SelectArgs { loopback: Some(1 << 30), ..Default::default() };
+        let a = SelectArgs {
+            loopback: Some(1 << 30),
+            ..Default::default()
+        };
         assert!(a.only("btrfs", &["path", "loopback"]).is_ok());
         let e = a.only("vfs", &[]).unwrap_err().to_string();
         assert!(e.contains("vfs does not take --loopback"), "{e}");

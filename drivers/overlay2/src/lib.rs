@@ -57,6 +57,7 @@ pub const BACKEND: Backend = Backend {
     probe: |env, _| probe::probe(env),
     setup,
     open,
+    teardown: drivers_api::teardown_nothing,
 };
 
 /// The deepest chain overlay2 mounts: overlayfs stacks at most 500 lower

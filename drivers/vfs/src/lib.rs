@@ -47,6 +47,7 @@ pub const BACKEND: Backend = Backend {
     probe: |env, _| probe(env),
     setup,
     open,
+    teardown: drivers_api::teardown_nothing,
 };
 
 /// Mode of a base layer's root directory (the conformance convention).

@@ -17,7 +17,9 @@ use drivers_host::layers::Expect;
 use drivers_host::store::snapshots::Labels;
 
 use crate::Fixture;
-use crate::child::{self, BACKEND_ENV, CHILD_ENV, MARKER_ENV, MOUNT_KEY, MOUNT_PARENT, ROOT_ENV};
+use crate::child::{
+    self, BACKEND_ENV, CHILD_ENV, MARKER_ENV, MOUNT_KEY, MOUNT_PARENT, ROOT_ENV, TABLE_ENV,
+};
 use crate::fixture::error_chain;
 use crate::fschange::FsChange as C;
 
@@ -131,6 +133,7 @@ impl ChildGuard {
             .env(ROOT_ENV, fx.root())
             .env(BACKEND_ENV, fx.name())
             .env(MARKER_ENV, &marker)
+            .env(TABLE_ENV, toml::to_string(fx.table())?)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -434,7 +434,7 @@ pub fn xattr_unsupported_by_backing_fs(fx: &Fixture) -> Result<()> {
             );
             return Ok(());
         }
-        let mut store = open_store(fx.backend(), &ramfs)?;
+        let mut store = open_store(fx.backend(), &ramfs, &Default::default())?;
         let state = store.state_dir().to_owned();
         let before = all_paths(&state)?;
         let tar = rawtar::tar(&[
