@@ -20,6 +20,7 @@
 
 mod error;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -162,6 +163,20 @@ pub struct Capabilities {
     pub fast_diff: Support,
 }
 
+/// What a backend does with the extended attributes a layer's files carry
+/// when the host unpacks the layer into it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerXattrs {
+    /// Stored as the layer carries them; an attribute the filesystem
+    /// refuses fails the apply, naming the file and the attribute.
+    #[default]
+    Store,
+    /// Left out (counted and logged), because the backend's filesystem
+    /// cannot store them and its user chose to lose them rather than have
+    /// such layers refused (zfs on zfs-fuse, `xattrs = "drop"`).
+    Drop,
+}
+
 /// Per-call options for [`Driver::prepare`].
 #[derive(Clone, Debug, Default)]
 pub struct PrepareOpts {
@@ -218,6 +233,32 @@ pub enum DiffSource {
         /// The parent layers' directories, nearest first.
         lower: Vec<PathBuf>,
     },
+    /// Two full trees where `layer` is a copy-on-write snapshot of `parent`
+    /// (btrfs), with what the filesystem recorded about which inodes the
+    /// layer changed since. The result is by definition that of
+    /// [`DiffSource::Compare`] on the same trees; `changed` only lets the
+    /// walk skip what cannot differ.
+    ///
+    /// The promise behind `changed`: an entry present in both trees under
+    /// the same inode number, on each tree's own device (not a mount or a
+    /// nested subvolume below it), whose number is not in `changed`, is
+    /// identical in both trees, and so is everything below it. Hence
+    /// `changed` must hold every inode of `layer` that may differ from the
+    /// same-numbered inode of `parent` and every directory above one.
+    ///
+    /// Cost: a walk of the directories that lead to changed inodes, two
+    /// `lstat`s per entry in them, plus what [`DiffSource::Compare`] reads
+    /// for the entries actually compared; unchanged subtrees are not
+    /// visited.
+    Snapshot {
+        /// The layer's full tree.
+        layer: PathBuf,
+        /// The parent's full tree, which `layer` was snapshotted from and
+        /// which has not changed since.
+        parent: PathBuf,
+        /// Inode numbers of `layer` that may have changed, closed upwards.
+        changed: BTreeSet<u64>,
+    },
 }
 
 /// A storage backend.
@@ -265,6 +306,12 @@ pub trait Driver: Send + Sync {
     /// could never be used is never half-imported.
     fn max_depth(&self) -> Option<usize> {
         None
+    }
+
+    /// What the host does with the xattrs of the layers it unpacks into this
+    /// backend; [`LayerXattrs::Store`] unless the backend says otherwise.
+    fn layer_xattrs(&self) -> LayerXattrs {
+        LayerXattrs::Store
     }
 
     /// Creates writable layer `id` on top of `parents` and returns how to

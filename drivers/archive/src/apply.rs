@@ -109,6 +109,10 @@ pub(crate) struct Applier<'p> {
     pub(crate) entries: u64,
     /// Apparent size of the regular files written.
     pub(crate) file_bytes: u64,
+    /// Set from [`crate::ApplyOptions::drop_xattrs`].
+    pub(crate) drop_xattrs: bool,
+    /// Extended attributes left out because of `drop_xattrs`.
+    pub(crate) xattrs_dropped: u64,
 }
 
 impl<'p> Applier<'p> {
@@ -138,6 +142,8 @@ impl<'p> Applier<'p> {
             compression,
             entries: 0,
             file_bytes: 0,
+            drop_xattrs: false,
+            xattrs_dropped: 0,
         })
     }
 
@@ -145,7 +151,12 @@ impl<'p> Applier<'p> {
     pub(crate) fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Error> {
         self.entries += 1;
         let size = entry.size();
-        let p = entry::parse(entry, &mut self.name)?;
+        let mut p = entry::parse(entry, &mut self.name)?;
+        if self.drop_xattrs && !p.xattrs.is_empty() {
+            self.xattrs_dropped += p.xattrs.len() as u64;
+            tracing::debug!(entry = %String::from_utf8_lossy(&self.name), count = p.xattrs.len(), "xattrs dropped as configured");
+            p.xattrs.clear();
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let consumed = self.dispatch(entry, &p, size, &mut buf);
         let checked =

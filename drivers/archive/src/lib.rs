@@ -23,7 +23,7 @@
 //!
 //! let target = ApplyTarget { root: "/var/lib/drivers/vfs/layers/3f2a".into(), format: ApplyFormat::Full };
 //! let blob = std::fs::File::open("layer.tar.gz")?;
-//! let opts = ApplyOptions { expected_digest: Some("sha256:…".into()), expected_diff_id: None };
+//! let opts = ApplyOptions { expected_digest: Some("sha256:…".into()), ..Default::default() };
 //! let report = apply(blob, &target, &opts)?;
 //! println!("{} entries, diff_id {}", report.entries, report.diff_id);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -58,6 +58,12 @@ pub struct ApplyOptions {
     pub expected_digest: Option<String>,
     /// `sha256:<hex>` of the uncompressed tar, as in the image config.
     pub expected_diff_id: Option<String>,
+    /// Leave out every extended attribute the layer carries instead of
+    /// setting it (counted in [`ApplyReport::xattrs_dropped`]). Only for a
+    /// target whose filesystem cannot store them and whose user chose to
+    /// lose them (see [`drivers_api::LayerXattrs::Drop`]); by default a
+    /// refused attribute fails the apply with [`Error::Xattr`].
+    pub drop_xattrs: bool,
 }
 
 /// What [`apply`] read and wrote.
@@ -78,6 +84,9 @@ pub struct ApplyReport {
     pub entries: u64,
     /// Sum of the (apparent) sizes of the regular files written.
     pub file_bytes: u64,
+    /// Extended attributes left out because of
+    /// [`ApplyOptions::drop_xattrs`].
+    pub xattrs_dropped: u64,
 }
 
 /// Applies the layer read from `input` onto `target`.
@@ -114,6 +123,7 @@ pub fn apply(
     let n = raw.head(&mut head)?;
     let compression = Compression::detect(&head[..n]);
     let mut applier = Applier::new(target, &progress, compression)?;
+    applier.drop_xattrs = opts.drop_xattrs;
     let (diff_id, tar_bytes) = {
         let decoded = Decoded::new(compression, (&head[..n]).chain(&mut raw))?;
         unpack(
@@ -123,7 +133,8 @@ pub fn apply(
             compression,
         )?
     };
-    let (entries, file_bytes) = (applier.entries, applier.file_bytes);
+    let (entries, file_bytes, xattrs_dropped) =
+        (applier.entries, applier.file_bytes, applier.xattrs_dropped);
     applier.finish()?;
     let (digest, compressed_bytes) = raw.finish()?;
 
@@ -150,6 +161,7 @@ pub fn apply(
         tar_bytes,
         entries,
         file_bytes,
+        xattrs_dropped,
     })
 }
 

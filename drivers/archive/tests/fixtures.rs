@@ -56,6 +56,7 @@ fn apply_layer(layer: &Layer, target: &drivers_api::ApplyTarget) -> ApplyReport 
     let opts = ApplyOptions {
         expected_digest: Some(layer.digest.clone()),
         expected_diff_id: Some(layer.diff_id.clone()),
+        ..Default::default()
     };
     let blob = std::fs::File::open(&layer.blob).unwrap();
     let report = drivers_archive::apply(blob, target, &opts)

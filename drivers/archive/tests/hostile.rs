@@ -361,6 +361,7 @@ fn digest_mismatch() {
     let opts = ApplyOptions {
         expected_digest: Some(wrong.clone()),
         expected_diff_id: None,
+        ..Default::default()
     };
     let e = drivers_archive::apply(&gz[..], &sb.full(), &opts).unwrap_err();
     assert!(
@@ -379,6 +380,7 @@ fn digest_mismatch() {
     let opts = ApplyOptions {
         expected_digest: Some("md5:00".into()),
         expected_diff_id: None,
+        ..Default::default()
     };
     let e = drivers_archive::apply(&gz[..], &sb.full(), &opts).unwrap_err();
     assert!(
@@ -404,6 +406,7 @@ fn diff_id_mismatch() {
     let opts = ApplyOptions {
         expected_digest: Some(sha256(&gz)),
         expected_diff_id: Some(wrong.clone()),
+        ..Default::default()
     };
     let e = drivers_archive::apply(&gz[..], &sb.full(), &opts).unwrap_err();
     assert!(
@@ -427,6 +430,7 @@ fn diff_id_mismatch() {
     let opts = ApplyOptions {
         expected_digest: None,
         expected_diff_id: Some(sha256(&tar).to_uppercase().replace("SHA256", "sha256")),
+        ..Default::default()
     };
     drivers_archive::apply(&gz[..], &sb.full(), &opts)
         .expect("hex digits compare case-insensitively");

@@ -9,7 +9,14 @@
 //! writes whole-second mtimes, so a rewrite whose mtime was then restored
 //! with `touch -d` would otherwise go unnoticed, while any rewrite of a file
 //! with a sub-second mtime changes it.
+//!
+//! For `DiffSource::Snapshot` the same walk takes a set of possibly changed
+//! inode numbers and skips an entry present in both trees as the same
+//! inode number, on each tree's own device, outside that set: the
+//! producer promises such an entry, subtree included, is identical on both
+//! sides, so skipping it cannot change what is reported.
 
+use std::collections::BTreeSet;
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -28,17 +35,39 @@ use crate::{ChangeKind, Result};
 const CMP_CHUNK: usize = 128 * 1024;
 
 /// Reports the changes of the tree `layer` against `parent` (the empty tree
-/// if `None`) to `sink`.
-pub(crate) fn walk(layer: &Path, parent: Option<&Path>, sink: &mut dyn Sink) -> Result<()> {
+/// if `None`) to `sink`; with `changed`, skips what the snapshot promise
+/// (see the module doc) says is unchanged.
+pub(crate) fn walk(
+    layer: &Path,
+    parent: Option<&Path>,
+    changed: Option<&BTreeSet<u64>>,
+    sink: &mut dyn Sink,
+) -> Result<()> {
     let l = open_dir(layer).map_err(|e| io_err("open layer", layer, b"", e))?;
     let p = match parent {
         Some(p) => Some(open_dir(p).map_err(|e| io_err("open parent layer", p, b"", e))?),
         None => None,
     };
+    let skip = match (changed, &p) {
+        (Some(changed), Some(p)) => {
+            let dev = |fd: BorrowedFd<'_>, root: &Path| {
+                rustix::fs::fstat(fd)
+                    .map(|st| st.st_dev)
+                    .map_err(|e| io_err("stat", root, b"", e.into()))
+            };
+            Some(Unchanged {
+                changed,
+                layer_dev: dev(l.as_fd(), layer)?,
+                parent_dev: dev(p.as_fd(), parent.unwrap_or(Path::new("")))?,
+            })
+        }
+        _ => None,
+    };
     let mut walk = Compare {
         em: Emitter::new(sink),
         layer,
         parent: parent.unwrap_or(Path::new("")),
+        skip,
     };
     walk.dir(l.as_fd(), p.as_ref().map(|p| p.as_fd()), b"")
 }
@@ -47,6 +76,27 @@ struct Compare<'a> {
     em: Emitter<'a>,
     layer: &'a Path,
     parent: &'a Path,
+    /// For a snapshot: what may be skipped.
+    skip: Option<Unchanged<'a>>,
+}
+
+/// The snapshot promise of `DiffSource::Snapshot`, with the devices of the
+/// two tree roots (inode numbers mean something only on them).
+struct Unchanged<'a> {
+    changed: &'a BTreeSet<u64>,
+    layer_dev: u64,
+    parent_dev: u64,
+}
+
+impl Unchanged<'_> {
+    /// Whether the layer entry `new` and the parent entry `old` of the same
+    /// name are, by the promise, identical with everything below them.
+    fn covers(&self, new: &Stat, old: &Stat) -> bool {
+        new.st_ino == old.st_ino
+            && new.st_dev == self.layer_dev
+            && old.st_dev == self.parent_dev
+            && !self.changed.contains(&new.st_ino)
+    }
 }
 
 /// A layer entry with what comparing and exporting it needs.
@@ -94,13 +144,20 @@ impl Compare<'_> {
         name: &CStr,
     ) -> Result<()> {
         let path = join(dir, name.to_bytes());
-        let Some(new) = self.load(layer, name, &path)? else {
+        let Some(st) = lstat_at(layer, name).map_err(|e| io_err("stat", self.layer, &path, e))?
+        else {
             return Ok(()); // removed while we walked
         };
         let old = match parent {
             Some(p) => lstat_at(p, name).map_err(|e| io_err("stat", self.parent, &path, e))?,
             None => None,
         };
+        if let (Some(skip), Some(o)) = (&self.skip, &old)
+            && skip.covers(&st, o)
+        {
+            return Ok(());
+        }
+        let new = self.load(layer, name, &path, st)?;
         let kind = match (parent, &old) {
             (Some(p), Some(o)) => self
                 .differs(&new, o, layer, p, name, &path)?
@@ -143,11 +200,8 @@ impl Compare<'_> {
         Ok(())
     }
 
-    /// `lstat`, xattrs and symlink target of a layer entry; `None` if it is gone.
-    fn load(&self, dir: BorrowedFd<'_>, name: &CStr, path: &[u8]) -> Result<Option<Entry>> {
-        let Some(st) = lstat_at(dir, name).map_err(|e| io_err("stat", self.layer, path, e))? else {
-            return Ok(None);
-        };
+    /// Xattrs and symlink target of a layer entry whose `lstat` is `st`.
+    fn load(&self, dir: BorrowedFd<'_>, name: &CStr, path: &[u8], st: Stat) -> Result<Entry> {
         let xattrs = drivers_fs::xattr::list(dir, name)
             .map_err(|e| io_err("list xattrs of", self.layer, path, e))?;
         let target = match file_type(&st) {
@@ -156,11 +210,11 @@ impl Compare<'_> {
             }
             _ => None,
         };
-        Ok(Some(Entry {
+        Ok(Entry {
             st,
             xattrs: without_internal(xattrs),
             target,
-        }))
+        })
     }
 
     /// Whether the layer entry `new` differs from the parent's `old` (both

@@ -2,8 +2,10 @@
 //! them.
 //!
 //! The backend says where the changes are read from, as a
-//! [`DiffSource`]: two full trees to compare (vfs, any full-copy backend) or
-//! an overlayfs upper directory over its lower layers. [`changes`] lists the
+//! [`DiffSource`]: two full trees to compare (vfs, any full-copy backend),
+//! the same with the set of inodes a snapshot may have changed (btrfs: the
+//! comparison skips the rest, with identical results), or an overlayfs
+//! upper directory over its lower layers. [`changes`] lists the
 //! changed paths the way moby's `Changes` does; [`write_layer`] streams an
 //! uncompressed OCI layer tar (image-spec `layer.md`) that GNU tar, Go's
 //! archive/tar (containerd, moby, umoci) and Python's tarfile read back to
@@ -132,7 +134,7 @@ pub fn changes(src: &DiffSource) -> Result<Vec<Change>> {
 /// partial tar may have been written.
 pub fn write_layer(src: &DiffSource, out: impl Write) -> Result<WriteReport> {
     let root = match src {
-        DiffSource::Compare { layer, .. } => layer.as_path(),
+        DiffSource::Compare { layer, .. } | DiffSource::Snapshot { layer, .. } => layer.as_path(),
         DiffSource::OverlayUpper { upper, .. } => upper.as_path(),
         _ => Path::new(""),
     };
@@ -166,6 +168,7 @@ fn root_attrs(dir: &Path) -> Result<(rustix::fs::Stat, Xattrs)> {
 fn root_entry(src: &DiffSource, sink: &mut dyn Sink) -> Result<()> {
     let (root, parent) = match src {
         DiffSource::Compare { layer, parent } => (layer.as_path(), parent.as_deref()),
+        DiffSource::Snapshot { layer, parent, .. } => (layer.as_path(), Some(parent.as_path())),
         DiffSource::OverlayUpper { upper, lower } => {
             (upper.as_path(), lower.first().map(PathBuf::as_path))
         }
@@ -195,7 +198,14 @@ fn root_entry(src: &DiffSource, sink: &mut dyn Sink) -> Result<()> {
 
 fn walk(src: &DiffSource, sink: &mut dyn Sink) -> Result<()> {
     match src {
-        DiffSource::Compare { layer, parent } => compare::walk(layer, parent.as_deref(), sink),
+        DiffSource::Compare { layer, parent } => {
+            compare::walk(layer, parent.as_deref(), None, sink)
+        }
+        DiffSource::Snapshot {
+            layer,
+            parent,
+            changed,
+        } => compare::walk(layer, Some(parent), Some(changed), sink),
         DiffSource::OverlayUpper { upper, lower } => overlay::walk(upper, lower, sink),
         other => Err(Error::Unsupported {
             path: PathBuf::new(),

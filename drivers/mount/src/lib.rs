@@ -7,6 +7,9 @@
 //! so stale mounts left by a crash can be cleaned up; [`is_mountpoint`]
 //! answers for one path.
 //!
+//! [`loopback`] makes, mounts and takes apart file-backed filesystems
+//! (`drivers select btrfs --loopback SIZE`).
+//!
 //! Overlay mounts go through one of two kernel interfaces, see [`MountApi`]:
 //! the new mount API (`fsopen`/`fsconfig`, one `lowerdir+` call per layer,
 //! no size limit on the options) where the kernel has it, otherwise legacy
@@ -23,6 +26,7 @@
 //! ```
 
 mod fork;
+pub mod loopback;
 mod mountinfo;
 mod overlay;
 

@@ -46,6 +46,44 @@ pub(crate) fn parse_mounts_under(text: &[u8], prefix: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// One mount as `/proc/self/mountinfo` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MountEntry {
+    /// The mount point.
+    pub target: PathBuf,
+    /// The filesystem type, e.g. `btrfs`.
+    pub fstype: String,
+    /// The mount source, e.g. `/dev/loop3`.
+    pub source: String,
+}
+
+/// Every mount of this process's mount namespace, in mount order.
+///
+/// # Errors
+///
+/// An I/O error if `/proc/self/mountinfo` cannot be read.
+pub(crate) fn entries() -> Result<Vec<MountEntry>> {
+    let text = std::fs::read(MOUNTINFO).ctx("read", MOUNTINFO)?;
+    Ok(parse_entries(&text))
+}
+
+/// The pure part of [`entries`]: field 5 is the mount point; after the
+/// `-` separator come the filesystem type and the source.
+pub(crate) fn parse_entries(text: &[u8]) -> Vec<MountEntry> {
+    let text_of = |f: &[u8]| String::from_utf8_lossy(&unescape(f)).into_owned();
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let sep = fields.iter().position(|f| *f == b"-")?;
+            Some(MountEntry {
+                target: PathBuf::from(OsString::from_vec(unescape(fields.get(4)?))),
+                fstype: text_of(fields.get(sep + 1)?),
+                source: text_of(fields.get(sep + 2)?),
+            })
+        })
+        .collect()
+}
+
 /// Decodes the kernel's `\ooo` octal escapes (space, tab, newline and
 /// backslash are written as `\040`, `\011`, `\012`, `\134`).
 fn unescape(field: &[u8]) -> Vec<u8> {
