@@ -30,9 +30,9 @@ use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 
-use harness::{BackendPlan, Gate, World, mount_count, mounts_under, s, tool};
+use harness::{BackendPlan, Gate, World, mount_count, s, tool};
 use inputs::{LayoutLayer, RawTar, sha256, write_layout};
-use listing::{compare, expected_tricky, tree};
+use listing::{compare, expected_tricky_on, tree};
 
 /// A test: a plain function of the backend it runs on.
 struct Test {
@@ -77,6 +77,11 @@ static TESTS: &[Test] = &[
         only: Some("overlay2"),
     },
     on_all("mount_refcount", mount_refcount),
+    Test {
+        name: "zfs_spawns",
+        run: zfs_spawns,
+        only: Some("zfs"),
+    },
 ];
 
 fn main() {
@@ -150,10 +155,22 @@ fn assert_store_empty(w: &World) -> Result<()> {
             "`{what} ls` is not empty: {v}"
         );
     }
-    let m = mounts_under(&w.root)?;
+    let m = w.host_mounts()?;
     ensure!(m.is_empty(), "still mounted under the root: {m:?}");
+    let ds = w.zfs_datasets()?;
+    ensure!(ds.is_empty(), "zfs datasets left: {ds:?}");
     let st = w.state();
-    for dir in ["layers", "tmp", "l", "staging", "mounts", "content/sha256"] {
+    for dir in [
+        "layers",
+        "tmp",
+        "l",
+        "staging",
+        "mounts",
+        "content/sha256",
+        "datasets",
+        "loopback/subvolumes",
+        "loopback/subvolumes-tmp",
+    ] {
         let left = entries(&st.join(dir))?;
         ensure!(
             left.is_empty(),
@@ -394,6 +411,9 @@ fn contract_basics(backend: &str) -> Result<()> {
 /// of `listing::compare` (overlayfs link counts, kept holes).
 fn fixture_oci_tricky(backend: &str) -> Result<()> {
     let w = World::new(backend)?;
+    if backend == "zfs" && !drivers_zfs::stores_xattrs() {
+        zfs_refuses_xattrs(&w)?;
+    }
     let v = w.json(&["image", "import", s(&inputs::tricky_layout())])?;
     let one = imported_one(&v)?;
     ensure!(
@@ -401,7 +421,26 @@ fn fixture_oci_tricky(backend: &str) -> Result<()> {
         "import report: {v}"
     );
     let m = container_on(&w, "tricky", "latest")?;
-    compare(&expected_tricky()?, &tree(&m)?, backend == "overlay2")
+    compare(
+        &expected_tricky_on(backend)?,
+        &tree(&m)?,
+        backend == "overlay2",
+    )
+}
+
+/// zfs-fuse stores no xattrs: with the default `xattrs = "refuse"` the
+/// import of oci-tricky fails with one error line naming the first file
+/// that has one (`xattr/cap-bin`) and the attribute, and leaves the store
+/// empty; the world is then switched to `xattrs = "drop"`.
+fn zfs_refuses_xattrs(w: &World) -> Result<()> {
+    w.set_zfs_xattrs("refuse")?;
+    let e = w.fails(&["image", "import", s(&inputs::tricky_layout())])?;
+    ensure!(
+        e.contains("xattr/cap-bin") && e.contains("security.capability"),
+        "the refusal does not name the file and the xattr: {e}"
+    );
+    assert_store_empty(w).context("after the refused import")?;
+    w.set_zfs_xattrs("drop")
 }
 
 /// The oci-umoci-insert fixture (Debian umoci's footer-less layer tars)
@@ -490,7 +529,7 @@ fn archives_share_layers(backend: &str) -> Result<()> {
     let n = w.json(&["layer", "ls"])?.as_array().map_or(0, Vec::len);
     ensure!(n == 5, "three imports of one image left {n} layers, not 5");
 
-    let expected = expected_tricky()?;
+    let expected = expected_tricky_on(backend)?;
     let overlay = backend == "overlay2";
     let mut trees = Vec::new();
     for (c, img) in [
@@ -1142,7 +1181,9 @@ fn killed_import(backend: &str) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let layers = w.state().join("layers");
+    // Where the backend keeps layer data (zfs: the datasets' mountpoints,
+    // btrfs: the subvolumes).
+    let layers = w.layers_dir();
     let deadline = Instant::now() + Duration::from_secs(120);
     // Half-way: a third of the data is on disk, so the layer exists and is
     // incomplete; the import must still be running when the signal lands.
@@ -1239,7 +1280,7 @@ fn concurrent_imports(backend: &str) -> Result<()> {
         );
         let want = inspect_layers(&w, name)?.len();
         let layers = w.json(&["layer", "ls"])?.as_array().map_or(0, Vec::len);
-        let dirs = entries(&w.state().join("layers"))?.len();
+        let dirs = entries(&w.layers_dir())?.len();
         ensure!(
             layers == want && dirs == want,
             "round {round}: {layers} layers listed, {dirs} layer directories, the image has {want}"
@@ -1253,7 +1294,11 @@ fn concurrent_imports(backend: &str) -> Result<()> {
         if round == 0 {
             // The data is whole, not only the records.
             let m = container_on(&w, "after-race", name)?;
-            compare(&expected_tricky()?, &tree(&m)?, backend == "overlay2")?;
+            compare(
+                &expected_tricky_on(backend)?,
+                &tree(&m)?,
+                backend == "overlay2",
+            )?;
         }
     }
     Ok(())
@@ -1403,9 +1448,59 @@ fn mount_refcount(backend: &str) -> Result<()> {
         v.as_array().is_some_and(Vec::is_empty),
         "containers after rm --force: {v}"
     );
+    ensure!(w.host_mounts()?.is_empty(), "mounts left under the root");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// zfs only.
+
+/// How many `zfs`/`zpool` processes one `drivers` command started, from
+/// the backend's `drivers_zfs::spawn` debug events.
+fn zfs_spawns_of(w: &World, args: &[&str]) -> Result<(usize, String)> {
+    let mut a = vec!["--log-level", "drivers_zfs::spawn=debug"];
+    a.extend_from_slice(args);
+    let out = w.run(&a)?.success()?;
+    let n = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("zfs spawn"))
+        .count();
+    Ok((n, out.stderr))
+}
+
+/// The cost of the zfs backend in processes, which Docker's zfs driver
+/// pays three times per layer: `container create` starts exactly one
+/// (`zfs clone`), `container mount`/`umount` and listing none, `container
+/// rm` one (`zfs destroy`), and importing a layer at most four.
+fn zfs_spawns(backend: &str) -> Result<()> {
+    let w = World::new(backend)?;
+    let (import, log) = zfs_spawns_of(&w, &["image", "import", s(&inputs::tricky_layout())])?;
     ensure!(
-        mounts_under(&w.root)?.is_empty(),
-        "mounts left under the root"
+        import <= 4 * 5,
+        "importing 5 layers started {import} zfs processes:\n{log}"
+    );
+    let (create, log) = zfs_spawns_of(&w, &["container", "create", "c1", "--image", "latest"])?;
+    ensure!(
+        create == 1,
+        "container create started {create} zfs processes:\n{log}"
+    );
+    for args in [
+        &["container", "mount", "c1"][..],
+        &["container", "ls"][..],
+        &["container", "umount", "c1"][..],
+    ] {
+        let (n, log) = zfs_spawns_of(&w, args)?;
+        ensure!(
+            n == 0,
+            "`{}` started {n} zfs processes:\n{log}",
+            args.join(" ")
+        );
+    }
+    let (rm, log) = zfs_spawns_of(&w, &["container", "rm", "c1"])?;
+    ensure!(rm == 1, "container rm started {rm} zfs processes:\n{log}");
+    eprintln!(
+        "zfs processes: import of 5 layers {import}, container create {create}, container rm {rm}"
     );
     Ok(())
 }

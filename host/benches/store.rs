@@ -24,12 +24,43 @@ use drivers_host::store::Store;
 /// backend and for `tar -x`.
 const BENCH_DIR: &str = "/var/tmp/drivers-bench";
 
-fn open_store(root: &Path, name: &str) -> Store {
+/// A store of backend `name` under `root`, set up as `drivers select`
+/// would do it (zfs: a sparse loopback pool of [`ZFS_POOL_BYTES`]; btrfs:
+/// a loopback btrfs of [`BTRFS_FS_BYTES`]); the table is what [`teardown`]
+/// undoes.
+fn open_store(root: &Path, name: &str) -> (Store, toml::Table) {
     let b = backends::find(name).expect("backend in this build");
     let env = backends::env(root, name);
-    let driver = (b.open)(&env, &toml::Table::new()).expect("open backend");
-    Store::open(&env.state_dir, driver).expect("open store")
+    let args = match name {
+        "zfs" => drivers_api::SelectArgs {
+            loopback: Some(ZFS_POOL_BYTES),
+            ..Default::default()
+        },
+        // A sparse loopback btrfs on the same filesystem as the others.
+        "btrfs" => drivers_api::SelectArgs {
+            loopback: Some(BTRFS_FS_BYTES),
+            ..Default::default()
+        },
+        _ => drivers_api::SelectArgs::default(),
+    };
+    let table = (b.setup)(&env, &args, &toml::Table::new()).expect("set up backend");
+    let driver = (b.open)(&env, &table).expect("open backend");
+    let store = Store::open(&env.state_dir, driver).expect("open store");
+    (store, table)
 }
+
+/// Closes `store` and undoes its backend's setup (destroys a zfs pool).
+fn teardown(root: &Path, name: &str, store: Store, table: &toml::Table) {
+    drop(store);
+    let b = backends::find(name).expect("backend in this build");
+    (b.teardown)(&backends::env(root, name), table).expect("tear down backend");
+}
+
+/// The zfs benchmarks' pool: room for the Debian base layer a few times.
+const ZFS_POOL_BYTES: u64 = 4 << 30;
+
+/// The btrfs benchmarks' loopback filesystem: as much room.
+const BTRFS_FS_BYTES: u64 = 4 << 30;
 
 /// An uncompressed layer tar and its size: Debian's base layer when the
 /// image cache has it, else a synthetic tree made with GNU tar.
@@ -126,10 +157,11 @@ fn layer_apply(c: &mut Criterion) {
         .throughput(Throughput::Bytes(len))
         .measurement_time(Duration::from_secs(20));
     for b in backends::BACKENDS {
-        let mut store = open_store(&work.join("root"), b.name);
+        let (mut store, table) = open_store(&work.join("root"), b.name);
         g.bench_function(BenchmarkId::new("drivers", b.name), |bench| {
             bench.iter_custom(|n| (0..n).map(|_| apply_once(&mut store, &tar)).sum())
         });
+        teardown(&work.join("root"), b.name, store, &table);
     }
     g.bench_function(BenchmarkId::new("gnu_tar_x", "same fs"), |bench| {
         bench.iter_custom(|n| (0..n).map(|_| tar_once(&tar, &work.join("tar-x"))).sum())
@@ -147,7 +179,7 @@ fn container_create(c: &mut Criterion) {
     let mut g = c.benchmark_group("container_create");
     g.sample_size(20);
     for b in backends::BACKENDS {
-        let mut store = open_store(&work.join("root"), b.name);
+        let (mut store, table) = open_store(&work.join("root"), b.name);
         store
             .import_image(&layout, Some("bench"), None, &|_| {})
             .expect("import");
@@ -168,6 +200,7 @@ fn container_create(c: &mut Criterion) {
                 total
             })
         });
+        teardown(&work.join("root"), b.name, store, &table);
     }
     g.bench_function(BenchmarkId::new("floor", "mkdir"), |bench| {
         let d = work.join("mkdir");

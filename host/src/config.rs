@@ -1,6 +1,8 @@
 //! The config file, `<root>/config.toml` by default: which backend is
-//! active and each backend's own table. Written by `drivers select`, editable
-//! by hand; rewrites keep the user's comments and order (`toml_edit`).
+//! active, each backend's own table, and the policy plugins (`[[plugins]]`,
+//! see [`PluginEntry`]). Written by `drivers select` and `drivers plugin`,
+//! editable by hand; rewrites keep the user's comments and order
+//! (`toml_edit`).
 //!
 //! ```toml
 //! version = 1
@@ -38,6 +40,51 @@ pub struct Config {
     /// Default: empty tables.
     #[serde(default)]
     pub backends: BTreeMap<String, toml::Table>,
+    /// Policy plugins, in the order `drivers plugin add` added them.
+    /// Default: none. Written by `drivers plugin add` and `drivers plugin
+    /// rm` (see [`crate::plugins::entries`]).
+    #[serde(default)]
+    pub plugins: Vec<PluginEntry>,
+}
+
+/// One `[[plugins]]` entry: a WebAssembly policy plugin and the operator's
+/// settings for it.
+///
+/// ```toml
+/// [[plugins]]
+/// name = "gc"
+/// file = "plugins/gc.wasm"
+/// sha256 = "9f86d0…"
+/// hooks = ["gc"]
+/// timeout_ms = 1000
+/// settings = { keep_recent = "24h", budget = "10G" }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    /// The name commands and errors use.
+    pub name: String,
+    /// The component, relative to the root (`plugins/<name>.wasm`).
+    pub file: PathBuf,
+    /// sha256 of the component, checked before every load.
+    pub sha256: String,
+    /// The hooks it serves (`gc`, `dedup`, `quota`), as found at add time.
+    pub hooks: Vec<String>,
+    /// Wall-clock limit of one call (init and hook), in milliseconds.
+    /// Default: 1000 (see [`crate::plugins::DEFAULT_TIMEOUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Linear memory one call may use, in MiB. Default: 64 (see
+    /// [`crate::plugins::DEFAULT_MEMORY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Fuel (roughly, wasm instructions) one call may burn. Default:
+    /// unlimited; the timeout bounds it anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// The operator's settings, handed to the plugin's `init`. Default: none.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 fn default_version() -> u32 {

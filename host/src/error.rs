@@ -102,6 +102,18 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A policy plugin failed, misbehaved or was refused; nothing it asked
+    /// for was done.
+    #[error("plugin {name}: {message}")]
+    Plugin {
+        /// The plugin's name.
+        name: String,
+        /// What went wrong, on one line.
+        message: String,
+        /// What the user can do about it.
+        hint: Option<String>,
+    },
+
     /// A JSON document could not be read or written.
     #[error("{what}: {source}")]
     Json {
@@ -127,7 +139,9 @@ impl Error {
             Error::Invalid { .. } | Error::BadImage { .. } | Error::Config { .. } => {
                 ErrorKind::Invalid
             }
-            Error::Db(_) | Error::Io { .. } | Error::Json { .. } => ErrorKind::Internal,
+            Error::Db(_) | Error::Io { .. } | Error::Json { .. } | Error::Plugin { .. } => {
+                ErrorKind::Internal
+            }
         }
     }
 
@@ -135,6 +149,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Backend(e) => e.hint().map(str::to_owned),
+            Error::Plugin { hint, .. } => hint.clone(),
             Error::InUse { .. } => {
                 Some("remove the dependents first, or pass --force where offered".into())
             }

@@ -112,8 +112,16 @@ impl Store {
             let opts = ApplyOptions {
                 expected_digest: expect.digest.as_ref().map(|d| d.to_string()),
                 expected_diff_id: expect.diff_id.as_ref().map(|d| d.to_string()),
+                drop_xattrs: s.driver().layer_xattrs() == drivers_api::LayerXattrs::Drop,
             };
             let report = drivers_archive::apply(input, &target, &opts)?;
+            if report.xattrs_dropped > 0 {
+                tracing::warn!(
+                    backend = s.driver().name(),
+                    dropped = report.xattrs_dropped,
+                    "layer xattrs dropped: the backend is configured to drop what its filesystem cannot store"
+                );
+            }
             let diff_id = Digest::parse(&report.diff_id)?;
             let chain = chain_id(parent, &diff_id);
             if s.hold_layer(&chain)? {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod image;
 pub mod layers;
 pub mod mounts;
+pub mod plugins;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};

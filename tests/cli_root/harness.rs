@@ -331,8 +331,64 @@ impl World {
             backend: backend.to_owned(),
             marker,
         };
-        w.run(&["select", backend])?.success()?;
+        w.run(&select_args(backend))?.success()?;
+        if backend == "zfs" && !drivers_zfs::stores_xattrs() {
+            // The tests compare with listings that hold xattrs, which
+            // zfs-fuse cannot store; `fixture_oci_tricky` pins the default
+            // refusal, every other test runs with them dropped.
+            w.set_zfs_xattrs("drop")?;
+        }
         Ok(w)
+    }
+
+    /// Sets `xattrs = MODE` in `[backends.zfs]` of the world's config.
+    pub fn set_zfs_xattrs(&self, mode: &str) -> Result<()> {
+        let path = self.root.join("config.toml");
+        let text = std::fs::read_to_string(&path)?;
+        let mut cfg: toml::Table = toml::from_str(&text)?;
+        let zfs = cfg
+            .get_mut("backends")
+            .and_then(|b| b.get_mut("zfs"))
+            .and_then(toml::Value::as_table_mut)
+            .context("no [backends.zfs] in the config")?;
+        zfs.insert("xattrs".into(), mode.into());
+        std::fs::write(&path, toml::to_string(&cfg)?)?;
+        Ok(())
+    }
+
+    /// Mounts under the root that the host made or leaked: all of them,
+    /// except the zfs datasets' own mounts in `<state>/datasets`, where ZFS
+    /// keeps every dataset mounted (a leftover dataset shows in
+    /// [`World::zfs_datasets`] instead).
+    pub fn host_mounts(&self) -> Result<Vec<PathBuf>> {
+        let datasets = self.root.join("zfs").join(drivers_zfs::DATASETS_DIR);
+        // btrfs keeps its loopback filesystem mounted while selected.
+        let btrfs = drivers_btrfs::mount_point(&drivers_host::backends::env(&self.root, "btrfs"));
+        Ok(mounts_under(&self.root)?
+            .into_iter()
+            .filter(|p| !p.starts_with(&datasets) && *p != btrfs)
+            .collect())
+    }
+
+    /// Where the backend keeps the layers' data: one entry per layer.
+    pub fn layers_dir(&self) -> PathBuf {
+        match self.backend.as_str() {
+            "zfs" => self.state().join(drivers_zfs::DATASETS_DIR),
+            "btrfs" => {
+                drivers_btrfs::mount_point(&drivers_host::backends::env(&self.root, "btrfs"))
+                    .join("subvolumes")
+            }
+            _ => self.state().join("layers"),
+        }
+    }
+
+    /// The zfs datasets and snapshots below the layer dataset this root
+    /// selected (none for other backends).
+    pub fn zfs_datasets(&self) -> Result<Vec<String>> {
+        match backend_table(&self.root, "zfs") {
+            Some(t) => Ok(drivers_zfs::datasets(&t)?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// `<root>/<backend>`: the backend's state directory.
@@ -420,8 +476,30 @@ impl Drop for World {
     }
 }
 
-/// Force-removes containers, unmounts, deletes `base`. Returns what went
-/// wrong, for a message (a teardown never panics: it runs during unwinding).
+/// `drivers select BACKEND …` as the worlds run it: zfs gets a sparse
+/// 1 GiB loopback pool of its own, which the world's teardown destroys.
+pub fn select_args(backend: &str) -> Vec<&str> {
+    match backend {
+        "zfs" => vec!["select", "zfs", "--loopback", "1G"],
+        // A sparse loopback btrfs, quota on, with room for two concurrent
+        // imports of the ~300 MiB image; the world's teardown unmounts it,
+        // releases its loop device and deletes the image.
+        "btrfs" => vec!["select", "btrfs", "--loopback", "2G"],
+        _ => vec!["select", backend],
+    }
+}
+
+/// The `[backends.NAME]` table of `<root>/config.toml`, if there is one.
+pub fn backend_table(root: &Path, name: &str) -> Option<toml::Table> {
+    let text = std::fs::read_to_string(root.join("config.toml")).ok()?;
+    let cfg: toml::Table = toml::from_str(&text).ok()?;
+    cfg.get("backends")?.get(name)?.as_table().cloned()
+}
+
+/// Force-removes containers, undoes each backend's select-time setup (a
+/// zfs loopback pool is destroyed), unmounts, deletes `base`. Returns what
+/// went wrong, for a message (a teardown never panics: it runs during
+/// unwinding).
 fn teardown(base: &Path, root: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let stores: Vec<String> = std::fs::read_dir(root)
@@ -436,7 +514,16 @@ fn teardown(base: &Path, root: &Path) -> Vec<String> {
         // A config of our own, so the store of every backend the test
         // touched is emptied whatever the test left selected.
         let cfg = base.join(format!("teardown-{backend}.toml"));
-        if std::fs::write(&cfg, format!("version = 1\nbackend = \"{backend}\"\n")).is_err() {
+        // With the backend's own settings (where its filesystem or pool is).
+        let mut text = format!("version = 1\nbackend = \"{backend}\"\n");
+        if let Some(t) = backend_table(root, &backend) {
+            let mut backends = toml::Table::new();
+            backends.insert(backend.clone(), toml::Value::Table(t));
+            let mut doc = toml::Table::new();
+            doc.insert("backends".into(), toml::Value::Table(backends));
+            text.push_str(&toml::to_string(&doc).unwrap_or_default());
+        }
+        if std::fs::write(&cfg, text).is_err() {
             continue;
         }
         let drivers = |args: &[&str]| {
@@ -478,6 +565,14 @@ fn teardown(base: &Path, root: &Path) -> Vec<String> {
                     String::from_utf8_lossy(&o.stderr).trim()
                 )),
                 Err(e) => problems.push(format!("container rm --force {n}: {e}")),
+            }
+        }
+    }
+    for b in drivers_host::backends::BACKENDS {
+        if let Some(table) = backend_table(root, b.name) {
+            let env = drivers_host::backends::env(root, b.name);
+            if let Err(e) = (b.teardown)(&env, &table) {
+                problems.push(format!("tear down {}: {e}", b.name));
             }
         }
     }

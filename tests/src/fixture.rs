@@ -53,7 +53,7 @@ impl MountGuard {
     /// Unmounts now and removes the (empty) mount point.
     pub fn unmount(mut self) -> Result<()> {
         self.armed = false;
-        drivers_mount::unmount(&self.target)
+        unmount_settled(&self.target)
             .with_context(|| format!("unmount {}", self.target.display()))?;
         let _ = std::fs::remove_dir(&self.target);
         Ok(())
@@ -65,7 +65,7 @@ impl Drop for MountGuard {
         if !self.armed {
             return;
         }
-        if let Err(e) = drivers_mount::unmount(&self.target) {
+        if let Err(e) = unmount_settled(&self.target) {
             eprintln!(
                 "drivers-it: could not unmount {}: {e}",
                 self.target.display()
@@ -73,6 +73,31 @@ impl Drop for MountGuard {
             return;
         }
         let _ = std::fs::remove_dir(&self.target);
+    }
+}
+
+/// How long [`unmount_settled`] retries a mount that is busy.
+const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`drivers_mount::unmount`], retried while the kernel says `EBUSY` for
+/// up to [`BUSY_FOR`]. The cases run in threads of one process, and a
+/// thread that spawns a program (mkfs.btrfs, btrfs, the crash children)
+/// lends the child a copy of every open file descriptor until it execs —
+/// under load long enough for another thread's unmount of a mount it just
+/// finished with to find it busy. The product's unmount does not retry:
+/// there `EBUSY` means a real user of the mount.
+pub fn unmount_settled(target: &Path) -> drivers_api::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match drivers_mount::unmount(target) {
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
+                    && start.elapsed() < BUSY_FOR =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -112,14 +137,71 @@ impl std::fmt::Debug for Fixture {
 /// same code users run.
 pub fn test_select_args(backend: &str) -> drivers_api::SelectArgs {
     // Backends that need a filesystem of their own get an arm here.
-    let _ = backend;
-    drivers_api::SelectArgs::default()
+    match backend {
+        // A sparse 1 GiB pool per case (containerd's zfs tests use about
+        // that), named so a crashed run's pools are recognised as stale.
+        "zfs" => drivers_api::SelectArgs {
+            loopback: Some(ZFS_TEST_POOL_BYTES),
+            dataset: Some(format!(
+                "{ZFS_TEST_POOL_PREFIX}{}-{}",
+                std::process::id(),
+                drivers_host::store::random_hex(4)
+            )),
+            ..Default::default()
+        },
+        // A sparse loopback btrfs per case, made, mounted and (in
+        // teardown) destroyed by the backend's own select-time code.
+        "btrfs" => drivers_api::SelectArgs {
+            loopback: Some(BTRFS_TEST_FS_BYTES),
+            ..Default::default()
+        },
+        _ => drivers_api::SelectArgs::default(),
+    }
+}
+
+/// Size of a test fixture's loopback btrfs (sparse): room for the quota
+/// case's 75 MiB and the deep chains, well above mkfs.btrfs's ~110 MiB.
+pub const BTRFS_TEST_FS_BYTES: u64 = 512 << 20;
+
+/// Size of a test fixture's loopback zpool (sparse).
+pub const ZFS_TEST_POOL_BYTES: u64 = 1 << 30;
+
+/// Prefix of the test fixtures' zpools: `drivers-test-<pid>-<random>`.
+pub const ZFS_TEST_POOL_PREFIX: &str = "drivers-test-";
+
+/// Destroys the `drivers-test-<pid>-…` pools of test processes that are no
+/// longer running (a crashed or killed run); pools of live runs, this one
+/// included, are left alone.
+pub fn destroy_stale_test_pools() {
+    let pools = match drivers_zfs::pools_with_prefix(ZFS_TEST_POOL_PREFIX) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("drivers-it: list zfs pools: {e}");
+            return;
+        }
+    };
+    for pool in pools {
+        let pid = pool[ZFS_TEST_POOL_PREFIX.len()..]
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            eprintln!("drivers-it: destroying stale test pool {pool}");
+            if let Err(e) = drivers_zfs::destroy_pool(&pool, None) {
+                eprintln!("drivers-it: destroy stale pool {pool}: {e}");
+            }
+        }
+    }
 }
 
 /// Runs `backend`'s select-time setup under `root` with the test args and
 /// returns the config table it records.
 pub fn setup_backend(backend: &Backend, root: &Path) -> Result<toml::Table> {
     let env = drivers_host::backends::env(root, backend.name);
+    if backend.name == "zfs" {
+        destroy_stale_test_pools();
+    }
     (backend.setup)(&env, &test_select_args(backend.name), &toml::Table::new())
         .with_context(|| format!("set up backend {} under {}", backend.name, root.display()))
 }
@@ -224,6 +306,19 @@ impl Fixture {
             s.close()?;
         }
         let store = open_store(self.backend, &self.root, &self.table)?;
+        *self.store.borrow_mut() = Some(store);
+        Ok(())
+    }
+
+    /// Closes the store and opens it again with the backend settings
+    /// `table` instead of the recorded ones (e.g. a zfs `xattrs` mode);
+    /// setup's resources stay as they are and are torn down as recorded.
+    pub fn reopen_with(&self, table: &toml::Table) -> Result<()> {
+        let old = self.store.borrow_mut().take();
+        if let Some(mut s) = old {
+            s.close()?;
+        }
+        let store = open_store(self.backend, &self.root, table)?;
         *self.store.borrow_mut() = Some(store);
         Ok(())
     }
@@ -382,12 +477,19 @@ impl Fixture {
     }
 
     /// Every path under the state dir except the store's database files,
-    /// relative to it.
+    /// relative to it; on zfs also every dataset under the layer dataset,
+    /// as `<zfs dataset NAME>` (one could exist unmounted, without a path).
     pub fn backend_listing(&self) -> Result<BTreeSet<PathBuf>> {
-        Ok(tree::all_paths(&self.state_dir())?
+        let mut out: BTreeSet<PathBuf> = tree::all_paths(&self.state_dir())?
             .into_iter()
             .filter(|p| !p.to_string_lossy().starts_with("metadata.db"))
-            .collect())
+            .collect();
+        if self.backend.name == "zfs" {
+            for ds in drivers_zfs::datasets(&self.table)? {
+                out.insert(PathBuf::from(format!("<zfs dataset {ds}>")));
+            }
+        }
+        Ok(out)
     }
 
     /// Requires that nothing appeared under the state dir since `before`
@@ -410,9 +512,24 @@ impl Fixture {
         Ok(())
     }
 
-    /// Requires that nothing is mounted under the fixture root.
+    /// Requires that nothing is mounted under the fixture root, except
+    /// the zfs datasets' own mounts in `<state>/datasets` (ZFS keeps every
+    /// dataset mounted there; a dataset left over shows in
+    /// [`Fixture::backend_listing`] instead).
     pub fn expect_no_mounts(&self) -> Result<()> {
-        let m = drivers_mount::mounts_under(&self.root)?;
+        let datasets = self.state_dir().join(drivers_zfs::DATASETS_DIR);
+        let m: Vec<PathBuf> = drivers_mount::mounts_under(&self.root)?
+            .into_iter()
+            .filter(|p| self.backend.name != "zfs" || !p.starts_with(&datasets))
+            // btrfs keeps its loopback filesystem mounted while selected.
+            .filter(|p| {
+                self.backend.name != "btrfs"
+                    || *p
+                        != drivers_btrfs::mount_point(&drivers_host::backends::env(
+                            &self.root, "btrfs",
+                        ))
+            })
+            .collect();
         ensure!(
             m.is_empty(),
             "still mounted under {}: {m:?}",
@@ -464,7 +581,7 @@ impl Drop for Fixture {
         for m in drivers_mount::mounts_under(&self.root.join(self.backend.name).join("mounts"))
             .unwrap_or_default()
         {
-            let _ = drivers_mount::unmount(&m);
+            let _ = unmount_settled(&m);
         }
         teardown_backend(self.backend, &self.root, &self.table);
         remove_root(&self.root);
@@ -475,7 +592,7 @@ impl Drop for Fixture {
 /// something stays mounted the root is kept, never deleted through a mount.
 pub fn remove_root(root: &Path) {
     for m in drivers_mount::mounts_under(root).unwrap_or_default() {
-        if let Err(e) = drivers_mount::unmount(&m) {
+        if let Err(e) = unmount_settled(&m) {
             eprintln!("drivers-it: unmount {}: {e}; detaching it", m.display());
             let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
         }

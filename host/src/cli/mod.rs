@@ -3,6 +3,7 @@
 //! [`Store`](crate::store::Store); handlers only choose what to print.
 
 mod output;
+mod policy;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use crate::store::Store;
 pub use output::parse_size;
 use output::{Out, short, size, table, time};
 
-/// Container storage: images, layers and container filesystems on overlay2 or vfs.
+/// Container storage: images, layers and container filesystems on overlay2, vfs, btrfs or zfs.
 #[derive(Debug, Parser)]
 #[command(name = "drivers", version, about, propagate_version = true)]
 pub struct Cli {
@@ -46,7 +47,7 @@ pub enum Command {
     Check,
     /// Make a backend the active one (each keeps its own store).
     Select {
-        /// overlay2 or vfs (btrfs and zfs are not in this build yet).
+        /// overlay2, vfs, btrfs or zfs.
         backend: String,
         /// Use the existing filesystem mounted at DIR (btrfs).
         #[arg(long, value_name = "DIR", conflicts_with_all = ["loopback", "dataset"])]
@@ -71,6 +72,16 @@ pub enum Command {
     /// Containers (writable layers): create, mount, commit, remove.
     #[command(subcommand)]
     Container(ContainerCmd),
+    /// Policy plugins (WebAssembly): add, list, remove.
+    #[command(subcommand)]
+    Plugin(policy::PluginCmd),
+    /// Delete the unreferenced layers the gc plugin chooses.
+    Gc(policy::GcArgs),
+    /// Share the extents of identical files, as the dedup plugin chooses.
+    Dedup(policy::DedupArgs),
+    /// Container size limits and write checks by the quota plugin.
+    #[command(subcommand)]
+    Quota(policy::QuotaCmd),
 }
 
 /// `drivers image …`
@@ -137,6 +148,14 @@ pub enum LayerCmd {
     Rm {
         /// The layer.
         chain_id: String,
+    },
+    /// Set labels on a layer (KEY= removes one); gc plugins read them, e.g. pinned=true.
+    Label {
+        /// The layer.
+        chain_id: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        labels: Vec<String>,
     },
 }
 
@@ -242,6 +261,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Image(c) => image(&paths, &out, c),
         Command::Layer(c) => layer(&paths, &out, c),
         Command::Container(c) => container(&paths, &out, c),
+        Command::Plugin(c) => policy::plugin(&paths, &out, c),
+        Command::Gc(a) => policy::gc(&paths, &out, a),
+        Command::Dedup(a) => policy::dedup(&paths, &out, a),
+        Command::Quota(c) => policy::quota(&paths, &out, c),
     }
 }
 
@@ -322,7 +345,7 @@ fn select(paths: &Paths, out: &Out, name: &str, args: &drivers_api::SelectArgs) 
 }
 
 /// The name of the filesystem type of `path`.
-fn fs_name(path: &Path) -> String {
+pub(crate) fn fs_name(path: &Path) -> String {
     let probe = std::iter::successors(Some(path), |p| p.parent())
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
@@ -345,6 +368,7 @@ fn fs_name(path: &Path) -> String {
 
 fn status(paths: &Paths, out: &Out) -> Result<()> {
     let store = open(paths)?;
+    let plugins = policy::status_plugins(&Config::load(&paths.config)?);
     let images = store.images()?.len();
     let layers = store.layers()?;
     let containers = store.containers(false)?;
@@ -370,7 +394,7 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
         "layer_bytes": layer_bytes,
         "content_bytes": content_bytes,
         "capabilities": { "quota": yes(&caps.quota), "dedup": yes(&caps.dedup), "fast_diff": yes(&caps.fast_diff) },
-        "plugins": [],
+        "plugins": plugins,
     });
     out.emit(&v, || {
         let rows = vec![
@@ -396,7 +420,31 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
             vec!["quota".into(), yes(&caps.quota)],
             vec!["dedup".into(), yes(&caps.dedup)],
             vec!["fast diff".into(), yes(&caps.fast_diff)],
-            vec!["plugins".into(), "none".into()],
+            vec![
+                "plugins".into(),
+                if plugins.is_empty() {
+                    "none".into()
+                } else {
+                    plugins
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{} ({})",
+                                p["name"].as_str().unwrap_or_default(),
+                                p["hooks"]
+                                    .as_array()
+                                    .map(|h| h
+                                        .iter()
+                                        .filter_map(|x| x.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(","))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ],
         ];
         table(&["", ""], &rows).trim_start().to_owned()
     })
@@ -546,6 +594,52 @@ fn layer(paths: &Paths, out: &Out, cmd: LayerCmd) -> Result<()> {
                 format!("removed layer {chain_id}\n")
             })
         }
+        LayerCmd::Label { chain_id, labels } => {
+            let chain = Digest::parse(&chain_id)?;
+            if !store.has_layer(&chain)? {
+                return Err(Error::NotFound {
+                    what: "layer",
+                    name: chain_id,
+                });
+            }
+            let mut info = store.stat(chain.as_str())?;
+            let mut paths = Vec::new();
+            for l in &labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| Error::Invalid {
+                        field: "label",
+                        reason: format!("{l:?} is not KEY=VALUE"),
+                    })?;
+                if v.is_empty() {
+                    info.labels.remove(k);
+                } else {
+                    info.labels.insert(k.to_owned(), v.to_owned());
+                }
+                paths.push(format!("labels.{k}"));
+            }
+            let fieldpaths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let info = store.update(&info, &fieldpaths)?;
+            out.emit(
+                &serde_json::json!({ "chain_id": chain_id, "labels": info.labels }),
+                || {
+                    let l: Vec<String> = info
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    format!(
+                        "{chain_id}: {}\n",
+                        if l.is_empty() {
+                            "no labels".into()
+                        } else {
+                            l.join(" ")
+                        }
+                    )
+                },
+            )
+        }
     }
 }
 
@@ -586,7 +680,10 @@ fn container(paths: &Paths, out: &Out, cmd: ContainerCmd) -> Result<()> {
             image,
             size_limit,
         } => {
-            let c = store.create_container(&name, &image, size_limit)?;
+            let cfg = Config::load(&paths.config)?;
+            let c = crate::plugins::quota::create_container(
+                paths, &cfg, &mut store, &name, &image, size_limit,
+            )?;
             out.emit(&c, || format!("{}\n", c.name))
         }
         ContainerCmd::Mount { name, caller } => {

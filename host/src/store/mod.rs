@@ -237,6 +237,13 @@ impl Store {
     /// when there is nothing to do: two queries.
     pub fn recover(&mut self) -> Result<()> {
         let dead = lease::dead(self)?;
+        if !dead.is_empty() {
+            // A dead process may have left a mount of a layer it created
+            // (mounted, not yet recorded). Backends are promised that no
+            // mount uses a layer they remove, and btrfs cannot free a
+            // deleted subvolume that is still mounted: unmount first.
+            crate::mounts::sweep(self)?;
+        }
         for l in &dead {
             tracing::info!(lease = %l, "undoing an interrupted operation");
             lease::discard(self, l)?;

@@ -216,7 +216,9 @@ pub fn mount_killed_before_recorded(fx: &Fixture) -> Result<()> {
     let before = fx.backend_listing()?;
     let (mut child, marker) = ChildGuard::spawn(fx, "mount")?;
     child.wait_for(&marker)?;
-    let mounted = drivers_mount::mounts_under(&fx.state_dir())?;
+    // The host's mounts live in `<state>/mounts` (zfs keeps its datasets
+    // mounted elsewhere in the state dir all the time).
+    let mounted = drivers_mount::mounts_under(&fx.state_dir().join("mounts"))?;
     ensure!(!mounted.is_empty(), "the child's mount is not visible");
     ensure!(
         fx.snapshot_names()?.contains(&MOUNT_KEY.to_owned()),

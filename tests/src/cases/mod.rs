@@ -14,6 +14,7 @@ mod fixtures;
 mod graphtest;
 mod hostile;
 mod store;
+mod subvol;
 mod types;
 
 /// One case.
@@ -94,6 +95,8 @@ pub static CASES: &[Case] = &[
     case!("graphtest::DiffApply10Files", graphtest::diff_apply),
     case!("graphtest::Changes", graphtest::changes),
     case!("graphtest::SetQuota", graphtest::set_quota),
+    // moby btrfs/btrfs_test.go, on every backend (see subvol.rs).
+    case!("graphtest::BtrfsSubvolDelete", subvol::subvol_delete),
     case!(
         "graphtest::XattrUnsupportedByBackingFS",
         graphtest::xattr_unsupported_by_backing_fs
