@@ -22,15 +22,18 @@ use super::runtime::{Plugin, plugin_err};
 use crate::error::{IoContext, Result};
 use crate::store::Store;
 
-/// Whether the filesystem under the store can share extents, and how.
+/// Whether the filesystem holding the layers can share extents, and how.
+///
+/// The probe runs where the layers are, which is not always the state
+/// directory: btrfs keeps them on its own (e.g. loopback) filesystem.
 pub fn sharing(store: &Store) -> std::result::Result<types::Sharing, String> {
-    let dir = store.state_dir();
-    let filesystem = crate::cli::fs_name(dir);
-    let block = rustix::fs::statvfs(dir)
+    let dir = probe_dir(store);
+    let filesystem = crate::cli::fs_name(&dir);
+    let block = rustix::fs::statvfs(&dir)
         .map(|s| s.f_bsize)
         .unwrap_or(4096)
         .max(512);
-    match extents::probe_dedupe(dir, block) {
+    match extents::probe_dedupe(&dir, block) {
         Ok(()) => Ok(types::Sharing {
             filesystem,
             block_size: block,
@@ -40,6 +43,20 @@ pub fn sharing(store: &Store) -> std::result::Result<types::Sharing, String> {
             dir.display()
         )),
     }
+}
+
+/// A writable directory on the layers' filesystem: the one holding the
+/// first layer's files (a committed layer itself may be read-only), or
+/// the state directory while there is no layer.
+fn probe_dir(store: &Store) -> PathBuf {
+    store
+        .layers()
+        .ok()
+        .into_iter()
+        .flatten()
+        .find_map(|l| layer_files(store, &l.chain_id))
+        .and_then(|f| f.dir.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| store.state_dir().to_path_buf())
 }
 
 /// A file the scan found.
@@ -62,28 +79,49 @@ pub struct Scan {
     paths: BTreeMap<(String, String), PathBuf>,
 }
 
-/// The directory holding layer `chain_id`'s own files.
-fn layer_dir(store: &Store, chain_id: &str) -> Option<PathBuf> {
-    match store.diff_source(chain_id) {
-        Ok(DiffSource::Compare { layer, .. }) => Some(layer),
-        Ok(DiffSource::OverlayUpper { upper, .. }) => Some(upper),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!(chain_id, error = %e, "layer not scanned");
-            None
-        }
-    }
+/// Where a layer's own files are.
+struct LayerFiles {
+    /// The directory to walk.
+    dir: PathBuf,
+    /// For a snapshot of its parent (btrfs), the only inodes that can be
+    /// the layer's own (closed upwards, so directories outside it hold
+    /// none); the rest are the parent's, shared already.
+    only: Option<BTreeSet<u64>>,
 }
 
-/// Regular files under `dir` of at least `min` bytes, without following
+/// Where layer `chain_id`'s own files are, or `None` when the backend
+/// cannot say.
+fn layer_files(store: &Store, chain_id: &str) -> Option<LayerFiles> {
+    let (dir, only) = match store.diff_source(chain_id) {
+        Ok(DiffSource::Compare { layer, .. }) => (layer, None),
+        Ok(DiffSource::OverlayUpper { upper, .. }) => (upper, None),
+        Ok(DiffSource::Snapshot { layer, changed, .. }) => (layer, Some(changed)),
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::debug!(chain_id, error = %e, "layer not scanned");
+            return None;
+        }
+    };
+    Some(LayerFiles { dir, only })
+}
+
+/// Regular files of `layer` of at least `min` bytes, without following
 /// symlinks; `(size, dev, ino, relative path, path)`.
-fn walk(dir: &Path, min: u64, out: &mut Vec<(u64, u64, u64, String, PathBuf)>) -> Result<()> {
+fn walk(
+    layer: &LayerFiles,
+    min: u64,
+    out: &mut Vec<(u64, u64, u64, String, PathBuf)>,
+) -> Result<()> {
+    let dir = &layer.dir;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).ctx("read directory", &d)? {
             let e = e.ctx("read directory", &d)?;
             let p = e.path();
             let m = std::fs::symlink_metadata(&p).ctx("stat", &p)?;
+            if layer.only.as_ref().is_some_and(|o| !o.contains(&m.ino())) {
+                continue;
+            }
             if m.is_dir() {
                 stack.push(p);
             } else if m.is_file() && m.len() >= min {
@@ -132,11 +170,11 @@ pub fn scan(store: &Store, block: u64) -> Result<Scan> {
     let mut seen_inodes = BTreeSet::new();
     let mut scan = Scan::default();
     for l in store.layers()? {
-        let Some(dir) = layer_dir(store, &l.chain_id) else {
+        let Some(files) = layer_files(store, &l.chain_id) else {
             continue;
         };
         found.clear();
-        walk(&dir, block, &mut found)?;
+        walk(&files, block, &mut found)?;
         for (size, dev, ino, rel, path) in found.drain(..) {
             scan.files += 1;
             // Hard links inside a layer are one file already.
