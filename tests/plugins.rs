@@ -795,6 +795,11 @@ fn dedup_btrfs(backend: &str) -> Result<()> {
 /// into through read-only descriptors).
 fn dedup_native(backend: &str) -> Result<()> {
     let w = World::new(backend)?;
+    let status = w.json(&["status"])?;
+    ensure!(
+        status["filesystem"] == backend,
+        "status names the layers' filesystem: {status}"
+    );
     dedup_on(&w, backend, &w.layers_dir())
 }
 

@@ -308,6 +308,14 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// A writable directory on the filesystem that holds the layers' data,
+    /// where that is not the state directory's (btrfs on its own
+    /// filesystem): what `status` names as the backing filesystem and where
+    /// `dedup` asks whether extents can be shared.
+    fn data_dir(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// What the host does with the xattrs of the layers it unpacks into this
     /// backend; [`LayerXattrs::Store`] unless the backend says otherwise.
     fn layer_xattrs(&self) -> LayerXattrs {

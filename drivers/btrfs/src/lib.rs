@@ -394,6 +394,10 @@ impl Driver for Btrfs {
     /// from `parents[0]` (checked by UUID) is compared only where btrfs
     /// says it may have changed: `syncfs`, then one tree search over the
     /// blocks written since the snapshot ([`changes::changed_inodes`]).
+    fn data_dir(&self) -> Option<PathBuf> {
+        Some(self.layers_dir())
+    }
+
     fn diff_source(&self, id: &LayerId, parents: &[LayerId]) -> Result<DiffSource> {
         let layer = self.existing(id)?;
         let Some(parent) = parents.first() else {

@@ -382,11 +382,13 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
         drivers_api::Support::Yes => "yes".to_owned(),
         drivers_api::Support::No(why) => format!("no ({why})"),
     };
+    let data_dir = store.data_dir();
     let v = serde_json::json!({
         "backend": store.driver().name(),
         "root": paths.root,
         "state_dir": store.state_dir(),
-        "filesystem": fs_name(store.state_dir()),
+        "filesystem": fs_name(&data_dir),
+        "data_dir": &data_dir,
         "images": images,
         "layers": layers.len(),
         "containers": containers.len(),
@@ -406,6 +408,10 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
                     store.state_dir().display(),
                     fs_name(store.state_dir())
                 ),
+            ],
+            vec![
+                "layer data".into(),
+                format!("{} ({})", data_dir.display(), fs_name(&data_dir)),
             ],
             vec!["images".into(), images.to_string()],
             vec![

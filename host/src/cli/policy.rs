@@ -205,7 +205,7 @@ pub fn dedup(paths: &Paths, out: &Out, args: DedupArgs) -> Result<()> {
     let store = super::open(paths)?;
     let o = match plugins::dedup::sharing(&store) {
         Err(reason) => plugins::dedup::Outcome::unsupported(
-            super::fs_name(store.state_dir()),
+            super::fs_name(&store.data_dir()),
             reason,
             args.dry_run,
         ),

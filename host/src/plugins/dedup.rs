@@ -23,11 +23,8 @@ use crate::error::{IoContext, Result};
 use crate::store::Store;
 
 /// Whether the filesystem holding the layers can share extents, and how.
-///
-/// The probe runs where the layers are, which is not always the state
-/// directory: btrfs keeps them on its own (e.g. loopback) filesystem.
 pub fn sharing(store: &Store) -> std::result::Result<types::Sharing, String> {
-    let dir = probe_dir(store);
+    let dir = store.data_dir();
     let filesystem = crate::cli::fs_name(&dir);
     let block = rustix::fs::statvfs(&dir)
         .map(|s| s.f_bsize)
@@ -43,20 +40,6 @@ pub fn sharing(store: &Store) -> std::result::Result<types::Sharing, String> {
             dir.display()
         )),
     }
-}
-
-/// A writable directory on the layers' filesystem: the one holding the
-/// first layer's files (a committed layer itself may be read-only), or
-/// the state directory while there is no layer.
-fn probe_dir(store: &Store) -> PathBuf {
-    store
-        .layers()
-        .ok()
-        .into_iter()
-        .flatten()
-        .find_map(|l| layer_files(store, &l.chain_id))
-        .and_then(|f| f.dir.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| store.state_dir().to_path_buf())
 }
 
 /// A file the scan found.

@@ -134,6 +134,15 @@ impl Store {
         &self.state_dir
     }
 
+    /// A writable directory on the filesystem holding the layers' data:
+    /// the backend's own filesystem where it has one, else the state
+    /// directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.driver()
+            .data_dir()
+            .unwrap_or_else(|| self.state_dir.clone())
+    }
+
     /// The lease of the operation in progress, if any.
     pub(crate) fn lease_id(&self) -> Option<&str> {
         self.lease.as_deref()
