@@ -77,6 +77,7 @@ static TESTS: &[Test] = &[
         only: Some("overlay2"),
     },
     on_all("mount_refcount", mount_refcount),
+    on_all("reset", reset),
     Test {
         name: "zfs_spawns",
         run: zfs_spawns,
@@ -1501,6 +1502,60 @@ fn zfs_spawns(backend: &str) -> Result<()> {
     ensure!(rm == 1, "container rm started {rm} zfs processes:\n{log}");
     eprintln!(
         "zfs processes: import of 5 layers {import}, container create {create}, container rm {rm}"
+    );
+    Ok(())
+}
+
+/// `drivers reset`: refused (one line, nothing touched) while the backend
+/// holds anything; with `--force` every container, image and layer goes
+/// through the backend, then what `select` set up (loopback filesystem,
+/// loop device, pool), the state directory and the config table; a
+/// second reset finds nothing to do.
+fn reset(backend: &str) -> Result<()> {
+    let w = World::new(backend)?;
+    w.ok(&["image", "import", s(&inputs::umoci_insert_layout())])?;
+    w.ok(&["container", "create", "rc", "--image", "latest"])?;
+    let m = w.mount("rc", None)?;
+    let before = w.json(&["layer", "ls"])?;
+
+    let line = w.run(&["reset", backend])?.failure()?;
+    ensure!(
+        line.starts_with(&format!("error: backend {backend} still holds 1 images, ")),
+        "{line}"
+    );
+    ensure!(mount_count(&m)? == 1 && w.json(&["layer", "ls"])? == before);
+
+    let v = w.json(&["reset", backend, "--force"])?;
+    ensure!(
+        v["images"] == 1
+            && v["containers"] == 1
+            && v["layers"] == before.as_array().map_or(0, Vec::len),
+        "{v}"
+    );
+    ensure!(
+        !w.state().exists(),
+        "{} is still there",
+        w.state().display()
+    );
+    ensure!(
+        harness::backend_table(&w.root, backend).is_none(),
+        "[backends.{backend}] is still in the config"
+    );
+    let left = harness::mounts_under(&w.root)?;
+    ensure!(left.is_empty(), "mounts left under the root: {left:?}");
+    let mut loops = Vec::new();
+    for e in std::fs::read_dir("/sys/block")?.flatten() {
+        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && Path::new(f.trim()).starts_with(&w.root)
+        {
+            loops.push(f.trim().to_owned());
+        }
+    }
+    ensure!(loops.is_empty(), "loop devices still bound: {loops:?}");
+    let again = w.ok(&["reset", backend])?;
+    ensure!(
+        again == format!("backend {backend}: nothing to reset\n"),
+        "{again:?}"
     );
     Ok(())
 }

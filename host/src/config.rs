@@ -217,10 +217,45 @@ pub fn select(path: &Path, name: &str, table: &toml::Table) -> Result<()> {
     for (k, item) in fresh.iter() {
         t.insert(k, item.clone());
     }
+    write_atomic(path, &doc.to_string())
+}
+
+/// Drops backend `name`'s settings from the config file, and makes the
+/// default backend active again if `name` was; everything else (comments
+/// included) is kept. Written atomically; no file is no change.
+pub fn forget(path: &Path, name: &str) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| Error::Config {
+                path: path.to_owned(),
+                reason: e.message().replace('\n', " "),
+            })?;
+    if doc.get("backend").and_then(|b| b.as_str()) == Some(name) {
+        doc.remove("backend");
+    }
+    if let Some(b) = doc.get_mut("backends").and_then(|b| b.as_table_mut()) {
+        b.remove(name);
+    }
+    write_atomic(path, &doc.to_string())
+}
+
+/// Replaces `path` with `text` through a rename, so a reader never sees
+/// half a config.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
     let tmp = dir.join(format!(".config.toml.tmp-{}", crate::store::random_hex(4)));
-    std::fs::write(&tmp, doc.to_string()).ctx("write", &tmp)?;
+    std::fs::write(&tmp, text).ctx("write", &tmp)?;
     std::fs::rename(&tmp, path).ctx("replace", path)
 }
 

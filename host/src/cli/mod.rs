@@ -4,6 +4,7 @@
 
 mod output;
 mod policy;
+mod reset;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,14 @@ pub enum Command {
     Status,
     /// Finish or undo what interrupted commands left, and delete data no record accounts for.
     Cleanup,
+    /// Delete a backend's store and what `select` set up for it (loopback filesystem or pool).
+    Reset {
+        /// overlay2, vfs, btrfs or zfs.
+        backend: String,
+        /// Also delete the images, layers and containers it still holds.
+        #[arg(long)]
+        force: bool,
+    },
     /// Images: import, list, inspect, export, remove.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -249,6 +258,7 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Status => status(&paths, &out),
+        Command::Reset { backend, force } => reset::reset(&paths, &out, &backend, force),
         Command::Cleanup => {
             let mut store = open(&paths)?;
             store.recover()?;
