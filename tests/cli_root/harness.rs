@@ -322,6 +322,12 @@ pub struct World {
 impl World {
     /// A fresh world with `backend` selected.
     pub fn new(backend: &str) -> Result<World> {
+        World::with_select(backend, &select_args(backend))
+    }
+
+    /// A fresh world where `drivers ARGS…` (a `select` command line for
+    /// `backend`) made `backend` active.
+    pub fn with_select(backend: &str, select: &[&str]) -> Result<World> {
         let marker = random_hex(4);
         let base = Path::new(TMP).join(format!("{TMP_PREFIX}{marker}"));
         std::fs::create_dir(&base).with_context(|| format!("create {}", base.display()))?;
@@ -331,7 +337,7 @@ impl World {
             backend: backend.to_owned(),
             marker,
         };
-        w.run(&select_args(backend))?.success()?;
+        w.run(select)?.success()?;
         if backend == "zfs" && !drivers_zfs::stores_xattrs() {
             // The tests compare with listings that hold xattrs, which
             // zfs-fuse cannot store; `fixture_oci_tricky` pins the default
@@ -364,9 +370,15 @@ impl World {
         let datasets = self.root.join("zfs").join(drivers_zfs::DATASETS_DIR);
         // btrfs keeps its loopback filesystem mounted while selected.
         let btrfs = drivers_btrfs::mount_point(&drivers_host::backends::env(&self.root, "btrfs"));
+        // So do overlay2 and vfs a loopback XFS, on their state dir.
+        let xfs: Vec<PathBuf> = ["overlay2", "vfs"]
+            .into_iter()
+            .filter(|b| backend_table(&self.root, b).is_some_and(|t| t.contains_key("loopback")))
+            .map(|b| self.root.join(b))
+            .collect();
         Ok(mounts_under(&self.root)?
             .into_iter()
-            .filter(|p| !p.starts_with(&datasets) && *p != btrfs)
+            .filter(|p| !p.starts_with(&datasets) && *p != btrfs && !xfs.contains(p))
             .collect())
     }
 

@@ -92,31 +92,93 @@ fn loopback_fs(backend: &'static str, env: &HostEnv) -> Loopback<'static> {
     }
 }
 
-/// `drivers select overlay2|vfs [--loopback SIZE]`: returns the
-/// `loopback` setting to record. Without an option the recorded one is
-/// kept (selecting the backend again must not lose its layers); with one,
-/// the loopback XFS is made (or found again with the same size) and
-/// mounted on the state directory, which must not already hold a store on
-/// the root's filesystem.
+/// Where a backend's state directory lives, as `drivers select` records
+/// it in `[backends.overlay2]` or `[backends.vfs]`. Neither set: on the
+/// root's own filesystem.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Location {
+    /// `--path DIR`: an existing directory (e.g. on an XFS mounted with
+    /// `prjquota`), bind-mounted on the state directory.
+    pub path: Option<PathBuf>,
+    /// `--loopback SIZE`: the size of the file-backed XFS mounted on the
+    /// state directory.
+    pub loopback: Option<u64>,
+}
+
+impl Location {
+    fn describe(&self) -> String {
+        match (&self.path, self.loopback) {
+            (Some(p), _) => format!("--path {}", p.display()),
+            (None, Some(n)) => format!("--loopback {n} (bytes)"),
+            (None, None) => "the root's own filesystem".into(),
+        }
+    }
+
+    /// `table` (a backend's `[backends.<name>]`) with its `path` and
+    /// `loopback` keys set to this location; every other key kept.
+    pub fn record(&self, table: &toml::Table) -> toml::Table {
+        let mut t = table.clone();
+        t.remove("path");
+        t.remove("loopback");
+        if let Some(p) = &self.path {
+            t.insert(
+                "path".into(),
+                toml::Value::String(p.to_string_lossy().into_owned()),
+            );
+        }
+        if let Some(n) = self.loopback.and_then(|n| i64::try_from(n).ok()) {
+            t.insert("loopback".into(), toml::Value::Integer(n));
+        }
+        t
+    }
+}
+
+/// `drivers select overlay2|vfs [--path DIR | --loopback SIZE]`: returns
+/// the location to record. Without an option the recorded one is kept
+/// (selecting the backend again must not lose its layers). `--loopback`
+/// makes the XFS (or finds it again with the same size) and mounts it on
+/// the state directory; `--path` bind-mounts DIR there. Either needs a
+/// state directory that holds no store yet, and a location once recorded
+/// is not moved (the store records layers that live there).
 ///
 /// # Errors
 ///
 /// [`drivers_api::ErrorKind::Invalid`] for an option the backends do not
 /// take, a size below [`LOOPBACK_MIN_BYTES`], a state directory already in
-/// use, or a recorded loopback of another size; what making or mounting
-/// the filesystem returns.
+/// use, a recorded location that differs, or a `--path` that is not a
+/// directory outside the state directory; what making or mounting the
+/// filesystem returns.
 pub fn setup(
     backend: &'static str,
     env: &HostEnv,
     args: &SelectArgs,
-    recorded: Option<u64>,
-) -> Result<Option<u64>> {
-    args.only(backend, &["loopback"])?;
-    let Some(size) = args.loopback else {
-        return Ok(recorded);
+    recorded: &Location,
+) -> Result<Location> {
+    args.only(backend, &["path", "loopback"])?;
+    let new = match (&args.path, args.loopback) {
+        (Some(p), _) => Location {
+            path: Some(std::path::absolute(p).ctx("resolve", p)?),
+            loopback: None,
+        },
+        (None, Some(n)) => Location {
+            path: None,
+            loopback: Some(n),
+        },
+        (None, None) => return Ok(recorded.clone()),
     };
-    let fs = loopback_fs(backend, env);
-    if recorded.is_none() && loopback::mounted_from(&fs.image, &fs.target)?.is_none() {
+    let fresh = *recorded == Location::default();
+    let moved = !fresh
+        && (recorded.path != new.path || recorded.loopback.is_some() != new.loopback.is_some());
+    if moved {
+        return Err(Error::Invalid {
+            field: "select option",
+            reason: format!(
+                "{backend} is already set up on {}; its layers live there and the store records them",
+                recorded.describe()
+            ),
+        });
+    }
+    if fresh && !drivers_mount::is_mountpoint(&env.state_dir).unwrap_or(false) {
         let used = match std::fs::read_dir(&env.state_dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
@@ -126,49 +188,107 @@ pub fn setup(
         };
         if used {
             return Err(Error::Invalid {
-                field: "--loopback",
+                field: "select option",
                 reason: format!(
-                    "{backend} already keeps a store in {} on the root's filesystem; a loopback XFS is mounted \
-                     on the state directory, so it needs an empty one (use another --root, or remove that store)",
-                    env.state_dir.display()
+                    "{backend} already keeps a store in {} on the root's filesystem; {} is mounted on the \
+                     state directory, so it needs an empty one (use another --root, or remove that store)",
+                    env.state_dir.display(),
+                    new.describe()
                 ),
             });
         }
     }
-    fs.provision(size, |target| {
-        if let Support::No(reason) = probe(backend, target) {
-            tracing::warn!(backend, %reason, "size limits will be refused");
-        }
-        Ok(())
-    })?;
-    Ok(Some(size))
+    match (&new.path, new.loopback) {
+        (Some(dir), _) => bind(env, dir)?,
+        (None, Some(size)) => loopback_fs(backend, env).provision(size, |_| Ok(()))?,
+        (None, None) => {}
+    }
+    if let Support::No(reason) = probe(backend, &env.state_dir) {
+        tracing::warn!(backend, %reason, "size limits will be refused");
+    }
+    Ok(new)
 }
 
-/// Mounts the `--loopback` XFS on the state directory again if a reboot
-/// undid it; nothing to do without one.
+/// Bind-mounts `dir` on the state directory unless it already is.
+fn bind(env: &HostEnv, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ctx("inspect", dir)?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid {
+            field: "--path",
+            reason: format!("{} is not a directory", dir.display()),
+        });
+    }
+    let state = std::path::absolute(&env.state_dir).ctx("resolve", &env.state_dir)?;
+    let canon = std::fs::canonicalize(dir).ctx("resolve", dir)?;
+    if canon.starts_with(&state) || state.starts_with(&canon) {
+        return Err(Error::Invalid {
+            field: "--path",
+            reason: format!(
+                "{} and the state directory {} contain one another",
+                dir.display(),
+                state.display()
+            ),
+        });
+    }
+    std::fs::create_dir_all(&state).ctx("create directory", &state)?;
+    if drivers_mount::is_mountpoint(&state)? {
+        let now = std::fs::metadata(&state).ctx("inspect", &state)?;
+        if (now.dev(), now.ino()) == (meta.dev(), meta.ino()) {
+            return Ok(());
+        }
+        return Err(Error::InUse {
+            what: "state directory",
+            id: state.display().to_string(),
+            by: "another mount".into(),
+        });
+    }
+    let m = drivers_api::Mount::Bind {
+        source: canon,
+        read_only: false,
+    };
+    drivers_mount::mount(&[m], &state)
+}
+
+/// Mounts the `--loopback` XFS, or binds the `--path` directory, on the
+/// state directory again if a reboot undid it; nothing to do on the root's
+/// own filesystem.
 ///
 /// # Errors
 ///
-/// [`drivers_api::ErrorKind::Unavailable`] if the image is gone; what
-/// attaching or mounting returns.
-pub fn open(backend: &'static str, env: &HostEnv, loopback: Option<u64>) -> Result<()> {
-    match loopback {
-        Some(_) => loopback_fs(backend, env).mount().map(drop),
-        None => Ok(()),
+/// [`drivers_api::ErrorKind::Unavailable`] if the loopback image is gone;
+/// what attaching or mounting returns.
+pub fn open(backend: &'static str, env: &HostEnv, at: &Location) -> Result<()> {
+    match (&at.path, at.loopback) {
+        (Some(dir), _) => bind(env, dir),
+        (None, Some(_)) => loopback_fs(backend, env).mount().map(drop),
+        (None, None) => Ok(()),
     }
 }
 
 /// Undoes [`setup`]: the loopback XFS (and every mount made from it) is
 /// unmounted, its loop device released, its image and the then empty
-/// state directory deleted. Nothing to do without one.
+/// state directory deleted; a `--path` bind is unmounted (with what is
+/// mounted below it), and what the backend keeps in DIR stays there.
+/// Nothing to do on the root's own filesystem.
 ///
 /// # Errors
 ///
-/// What [`loopback::destroy`] returns.
-pub fn teardown(backend: &'static str, env: &HostEnv, loopback: Option<u64>) -> Result<()> {
-    match loopback {
-        Some(_) => loopback_fs(backend, env).destroy(),
-        None => Ok(()),
+/// What unmounting or [`loopback::destroy`] returns.
+pub fn teardown(backend: &'static str, env: &HostEnv, at: &Location) -> Result<()> {
+    match (&at.path, at.loopback) {
+        (Some(_), _) => {
+            for m in drivers_mount::mounts_under(&env.state_dir)? {
+                drivers_mount::unmount(&m)?;
+            }
+            match std::fs::remove_dir(&env.state_dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).ctx("remove", &env.state_dir),
+            }
+        }
+        (None, Some(_)) => loopback_fs(backend, env).destroy(),
+        (None, None) => Ok(()),
     }
 }
 
@@ -199,6 +319,20 @@ pub fn probe(backend: &str, dir: &Path) -> Support {
                 dir.display()
             ));
         }
+    }
+    // Layers are built under tmp/ and renamed into place; XFS refuses
+    // (EXDEV) to move a file out of its project into a directory that
+    // makes everything below it inherit another one.
+    match xfs::project(&fd) {
+        Ok(p) if p.inherit && p.id != 0 => {
+            return Support::No(format!(
+                "{backend} cannot enforce size limits: {} is in XFS project {} with inheritance, so a layer \
+                 with a project of its own could not be moved below it; use a directory outside any project",
+                dir.display(),
+                p.id
+            ));
+        }
+        _ => {}
     }
     match xfs::project_quota_state(&fd) {
         Ok(st) if st.accounting && st.enforcing => Support::Yes,

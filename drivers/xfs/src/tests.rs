@@ -17,9 +17,17 @@ struct Fx {
 
 impl Drop for Fx {
     fn drop(&mut self) {
-        if let Err(e) = teardown("vfs", &self.env, Some(512 * MIB)) {
+        if let Err(e) = teardown("vfs", &self.env, &at(512)) {
             eprintln!("teardown of {}: {e}", self.tmp.path().display());
         }
+    }
+}
+
+/// A `--loopback` location of `mib` MiB.
+fn at(mib: u64) -> Location {
+    Location {
+        path: None,
+        loopback: Some(mib * MIB),
     }
 }
 
@@ -35,8 +43,8 @@ fn fx() -> Fx {
         loopback: Some(512 * MIB),
         ..Default::default()
     };
-    let got = setup("vfs", &env, &args, None).unwrap();
-    assert_eq!(got, Some(512 * MIB));
+    let got = setup("vfs", &env, &args, &Location::default()).unwrap();
+    assert_eq!(got, at(512));
     Fx { tmp, env }
 }
 
@@ -154,7 +162,7 @@ fn loopback_survives_a_reboot() {
     // A reboot: nothing mounted; open mounts it again.
     drivers_mount::unmount(state).unwrap();
     assert!(!drivers_mount::is_mountpoint(state).unwrap());
-    open("vfs", &fx.env, Some(512 * MIB)).unwrap();
+    open("vfs", &fx.env, &at(512)).unwrap();
     assert!(drivers_mount::is_mountpoint(state).unwrap());
     assert_eq!(std::fs::read(state.join("kept")).unwrap(), b"x");
     // Selecting again with the same size finds it; another size is refused.
@@ -162,15 +170,13 @@ fn loopback_survives_a_reboot() {
         loopback: Some(512 * MIB),
         ..Default::default()
     };
-    setup("vfs", &fx.env, &again, Some(512 * MIB)).unwrap();
+    setup("vfs", &fx.env, &again, &at(512)).unwrap();
     let other = SelectArgs {
         loopback: Some(600 * MIB),
         ..Default::default()
     };
     assert_eq!(
-        setup("vfs", &fx.env, &other, Some(512 * MIB))
-            .unwrap_err()
-            .kind(),
+        setup("vfs", &fx.env, &other, &at(512)).unwrap_err().kind(),
         ErrorKind::Invalid
     );
 }
@@ -202,7 +208,7 @@ fn refusals() {
         loopback: Some(100 * MIB),
         ..Default::default()
     };
-    let e = setup("overlay2", &env, &small, None).unwrap_err();
+    let e = setup("overlay2", &env, &small, &Location::default()).unwrap_err();
     assert!(e.to_string().contains("mkfs.xfs needs 300 MiB"), "{e}");
     std::fs::create_dir_all(&env.state_dir).unwrap();
     std::fs::write(env.state_dir.join("metadata.db"), "").unwrap();
@@ -210,20 +216,97 @@ fn refusals() {
         loopback: Some(512 * MIB),
         ..Default::default()
     };
-    let e = setup("overlay2", &env, &ok, None).unwrap_err();
+    let e = setup("overlay2", &env, &ok, &Location::default()).unwrap_err();
     assert!(e.to_string().contains("already keeps a store"), "{e}");
     assert!(!image_path(&env).exists());
     // Without an option the recorded setting is kept.
     assert_eq!(
-        setup("overlay2", &env, &SelectArgs::default(), Some(7)).unwrap(),
-        Some(7)
+        setup("overlay2", &env, &SelectArgs::default(), &at(7)).unwrap(),
+        at(7)
     );
+    // A recorded location is not moved.
     let path = SelectArgs {
-        path: Some(tmp.path().into()),
+        path: Some(tmp.path().join("elsewhere")),
+        ..Default::default()
+    };
+    let e = setup("overlay2", &env, &path, &at(512)).unwrap_err();
+    assert!(
+        e.to_string().contains("already set up on --loopback"),
+        "{e}"
+    );
+    let dataset = SelectArgs {
+        dataset: Some("p/x".into()),
         ..Default::default()
     };
     assert_eq!(
-        setup("overlay2", &env, &path, None).unwrap_err().kind(),
+        setup("overlay2", &env, &dataset, &Location::default())
+            .unwrap_err()
+            .kind(),
         ErrorKind::Invalid
     );
+}
+
+/// `--path DIR` binds DIR on the state directory (idempotently, again
+/// after a reboot), so the state lives there and quota is what DIR's
+/// filesystem gives; teardown unbinds and leaves DIR's contents. A DIR
+/// inside the state directory, or a file, is refused.
+#[test]
+fn path_binds_the_state_directory() {
+    let tmp = tempfile::Builder::new()
+        .prefix("drivers-test-xfs-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    let env = HostEnv {
+        state_dir: tmp.path().join("overlay2"),
+    };
+    let args = SelectArgs {
+        path: Some(dir.clone()),
+        ..Default::default()
+    };
+    let at = setup("overlay2", &env, &args, &Location::default()).unwrap();
+    struct Unbind<'a>(&'a HostEnv, Location);
+    impl Drop for Unbind<'_> {
+        fn drop(&mut self) {
+            if let Err(e) = teardown("overlay2", self.0, &self.1) {
+                eprintln!("teardown: {e}");
+            }
+        }
+    }
+    let guard = Unbind(&env, at.clone());
+    assert_eq!(at.path.as_deref(), Some(dir.as_path()));
+    std::fs::write(env.state_dir.join("f"), "x").unwrap();
+    assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"x");
+    setup("overlay2", &env, &args, &at).unwrap();
+    assert_eq!(
+        drivers_mount::mounts_under(&env.state_dir).unwrap().len(),
+        1
+    );
+    drivers_mount::unmount(&env.state_dir).unwrap();
+    open("overlay2", &env, &at).unwrap();
+    assert!(env.state_dir.join("f").is_file());
+    // What quota says is DIR's filesystem's answer.
+    assert_eq!(
+        probe("overlay2", &env.state_dir).is_yes(),
+        probe("overlay2", &dir).is_yes()
+    );
+    drop(guard);
+    assert!(!env.state_dir.exists());
+    assert!(dir.join("f").is_file());
+
+    for bad in [env.state_dir.join("inner"), dir.join("f")] {
+        let args = SelectArgs {
+            path: Some(bad.clone()),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&env.state_dir).unwrap();
+        if bad.starts_with(&env.state_dir) {
+            std::fs::create_dir_all(&bad).unwrap();
+        }
+        let e = setup("overlay2", &env, &args, &Location::default()).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Invalid), "{bad:?}: {e}");
+        assert!(!drivers_mount::is_mountpoint(&env.state_dir).unwrap());
+        let _ = std::fs::remove_dir_all(&env.state_dir);
+    }
 }

@@ -52,7 +52,7 @@ pub enum Command {
         /// Use the existing filesystem mounted at DIR (btrfs).
         #[arg(long, value_name = "DIR", conflicts_with_all = ["loopback", "dataset"])]
         path: Option<PathBuf>,
-        /// Create a file-backed filesystem or pool of SIZE (e.g. 4G) under the root and use it.
+        /// Create a file-backed filesystem or pool of SIZE (e.g. 4G) under the root and use it (overlay2 and vfs: an XFS with project quotas).
         #[arg(long, value_parser = output::parse_size, value_name = "SIZE", conflicts_with = "dataset")]
         loopback: Option<u64>,
         /// The zfs dataset to keep layers under.
