@@ -340,8 +340,7 @@ pub fn mounted_from(image: &Path, target: &Path) -> Result<Option<PathBuf>> {
     let target_abs = std::path::absolute(target).ctx("resolve", target)?;
     let Some(top) = mountinfo::entries()?
         .into_iter()
-        .filter(|m| m.target == target_abs)
-        .last()
+        .rfind(|m| m.target == target_abs)
     else {
         return Ok(None);
     };

@@ -364,7 +364,7 @@ pub fn set_quota(fx: &Fixture) -> Result<()> {
     };
     let xfs = Fixture::with_select(fx.backend(), &format!("{}+xfs", fx.label()), &args)
         .context("fixture on a loopback XFS")?;
-    let st = rustix::fs::statfs(&xfs.state_dir())?;
+    let st = rustix::fs::statfs(xfs.state_dir())?;
     ensure!(
         st.f_type as u64 == 0x5846_5342,
         "the --loopback state dir is not on XFS (type {:#x})",
