@@ -6,8 +6,9 @@
 //! filesystem that charges a directory tree, not a user, for the space it
 //! takes: XFS project quotas. This crate provides both halves:
 //!
-//! - Where the state lives ([`setup`], [`open`], [`teardown`]): on the
-//!   root's own filesystem (`drivers select overlay2`), or on a
+//! - Where the state lives ([`Location`]; [`setup`], [`open`],
+//!   [`teardown`]): on the root's own filesystem (`drivers select
+//!   overlay2`), or on a
 //!   file-backed XFS made by `drivers select overlay2 --loopback SIZE`:
 //!   `mkfs.xfs` on `<state>/loopback.img`, attached to a loop device and
 //!   mounted with `prjquota` *on the state directory itself*, so the
@@ -15,7 +16,10 @@
 //!   `drivers status` and `drivers dedup` see the XFS). The image lies in
 //!   the directory it is mounted on, hidden while mounted; `open` finds it
 //!   again after a reboot, before anything else looks at the state
-//!   directory. `teardown` unmounts it and deletes the image.
+//!   directory. `teardown` unmounts it and deletes the image. `--path DIR`
+//!   bind-mounts an existing directory (say on an XFS mounted with
+//!   `prjquota`) on the state directory instead; teardown unbinds it and
+//!   leaves what is in DIR.
 //! - [`ProjectQuotas`]: whether the state directory's filesystem enforces
 //!   project quotas (probed with `quotactl_fd`, never assumed), and per
 //!   limited layer a project id of its own, given to the layer's directory
