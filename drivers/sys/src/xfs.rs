@@ -94,12 +94,25 @@ struct DiskQuota {
     d_padding4: [u8; 8],
 }
 
+// Sizes and offsets as a C program printed them from Debian's
+// linux-libc-dev headers (`linux/fs.h`, `linux/dqblk_xfs.h`).
 const _: () = {
-    use std::mem::size_of;
+    use std::mem::{offset_of, size_of};
     assert!(size_of::<FsXattr>() == 28);
+    assert!(offset_of!(FsXattr, fsx_projid) == 12);
     assert!(size_of::<QFileStatV>() == 24);
     assert!(size_of::<QuotaStatV>() == 160);
+    assert!(offset_of!(QuotaStatV, qs_flags) == 2);
+    assert!(offset_of!(QuotaStatV, qs_pquota) == 56);
+    assert!(offset_of!(QuotaStatV, qs_btimelimit) == 80);
     assert!(size_of::<DiskQuota>() == 112);
+    assert!(offset_of!(DiskQuota, d_id) == 4);
+    assert!(offset_of!(DiskQuota, d_blk_hardlimit) == 8);
+    assert!(offset_of!(DiskQuota, d_blk_softlimit) == 16);
+    assert!(offset_of!(DiskQuota, d_ino_hardlimit) == 24);
+    assert!(offset_of!(DiskQuota, d_bcount) == 40);
+    assert!(offset_of!(DiskQuota, d_icount) == 48);
+    assert!(offset_of!(DiskQuota, d_rtb_hardlimit) == 72);
 };
 
 const FS_IOC_FSGETXATTR: Opcode = opcode::read::<FsXattr>(b'X', 31);
@@ -270,9 +283,10 @@ pub fn project_quota(fd: impl AsFd, id: u32) -> Result<ProjectQuota> {
     })
 }
 
-/// Sets the hard and soft block limits of project `id` on the filesystem
-/// of `fd` to `bytes` (rounded up to 512-byte blocks); 0 removes them
-/// (`Q_XSETQLIM`). Needs `CAP_SYS_ADMIN`.
+/// Sets the hard block limit of project `id` on the filesystem of `fd` to
+/// `bytes` (rounded up to 512-byte blocks; 0 removes it) and clears its
+/// soft block limit (`Q_XSETQLIM`): a soft limit would only start a grace
+/// period, and warning is the quota policy's job. Needs `CAP_SYS_ADMIN`.
 pub fn set_project_limit(fd: impl AsFd, id: u32, bytes: u64) -> Result<()> {
     let blocks = bytes.div_ceil(BB);
     let mut q = DiskQuota {
@@ -281,7 +295,7 @@ pub fn set_project_limit(fd: impl AsFd, id: u32, bytes: u64) -> Result<()> {
         d_fieldmask: DQ_BLIMITS,
         d_id: id,
         d_blk_hardlimit: blocks,
-        d_blk_softlimit: blocks,
+        d_blk_softlimit: 0,
         ..DiskQuota::default()
     };
     // SAFETY: Q_XSETQLIM reads one `struct fs_disk_quota` (size asserted
