@@ -78,6 +78,16 @@ static TESTS: &[Test] = &[
     },
     on_all("mount_refcount", mount_refcount),
     Test {
+        name: "state_on_path",
+        run: state_on_path,
+        only: Some("overlay2"),
+    },
+    Test {
+        name: "state_on_path",
+        run: state_on_path,
+        only: Some("vfs"),
+    },
+    Test {
         name: "zfs_spawns",
         run: zfs_spawns,
         only: Some("zfs"),
@@ -1501,6 +1511,50 @@ fn zfs_spawns(backend: &str) -> Result<()> {
     ensure!(rm == 1, "container rm started {rm} zfs processes:\n{log}");
     eprintln!(
         "zfs processes: import of 5 layers {import}, container create {create}, container rm {rm}"
+    );
+    Ok(())
+}
+
+/// `select overlay2|vfs --path DIR` keeps the whole state in DIR (bound on
+/// `<root>/<backend>`): the store is created there, quota is what DIR's
+/// filesystem gives (here: refused, not XFS), the bind comes back after a
+/// reboot, selecting again without an option keeps DIR, and moving to a
+/// `--loopback` is refused with one line and no change to the config.
+fn state_on_path(backend: &str) -> Result<()> {
+    let w = World::bare(backend)?;
+    let data = w.base.join("data");
+    std::fs::create_dir(&data)?;
+    w.ok(&["select", backend, "--path", s(&data)])?;
+    let state = w.state();
+    ensure!(
+        data.join("metadata.db").is_file(),
+        "no store in {}",
+        data.display()
+    );
+    let st = w.json(&["status"])?;
+    let quota = st["capabilities"]["quota"].as_str().unwrap_or_default();
+    let fs = st["filesystem"].as_str().unwrap_or_default();
+    if fs == "xfs" {
+        ensure!(!quota.contains("not on XFS"), "{st}");
+    } else {
+        ensure!(quota.contains("not on XFS"), "{st}");
+    }
+    // A reboot: the bind is gone; the next command binds DIR again.
+    rustix::mount::unmount(&state, rustix::mount::UnmountFlags::empty())?;
+    ensure!(mount_count(&state)? == 0, "still bound");
+    w.ok(&["status"])?;
+    ensure!(
+        mount_count(&state)? == 1,
+        "{} not bound again",
+        state.display()
+    );
+    w.ok(&["select", backend])?;
+    let config = std::fs::read(w.root.join("config.toml"))?;
+    let e = w.fails(&["select", backend, "--loopback", "512M"])?;
+    ensure!(e.contains("already set up on --path"), "{e}");
+    ensure!(
+        std::fs::read(w.root.join("config.toml"))? == config,
+        "a refused select changed config.toml"
     );
     Ok(())
 }

@@ -328,15 +328,7 @@ impl World {
     /// A fresh world where `drivers ARGS…` (a `select` command line for
     /// `backend`) made `backend` active.
     pub fn with_select(backend: &str, select: &[&str]) -> Result<World> {
-        let marker = random_hex(4);
-        let base = Path::new(TMP).join(format!("{TMP_PREFIX}{marker}"));
-        std::fs::create_dir(&base).with_context(|| format!("create {}", base.display()))?;
-        let w = World {
-            root: base.join("root"),
-            base,
-            backend: backend.to_owned(),
-            marker,
-        };
+        let w = World::bare(backend)?;
         w.run(select)?.success()?;
         if backend == "zfs" && !drivers_zfs::stores_xattrs() {
             // The tests compare with listings that hold xattrs, which
@@ -345,6 +337,20 @@ impl World {
             w.set_zfs_xattrs("drop")?;
         }
         Ok(w)
+    }
+
+    /// A fresh world for `backend` where nothing has run yet (the test
+    /// selects it itself).
+    pub fn bare(backend: &str) -> Result<World> {
+        let marker = random_hex(4);
+        let base = Path::new(TMP).join(format!("{TMP_PREFIX}{marker}"));
+        std::fs::create_dir(&base).with_context(|| format!("create {}", base.display()))?;
+        Ok(World {
+            root: base.join("root"),
+            base,
+            backend: backend.to_owned(),
+            marker,
+        })
     }
 
     /// Sets `xattrs = MODE` in `[backends.zfs]` of the world's config.
