@@ -79,6 +79,16 @@ static TESTS: &[Test] = &[
     on_all("mount_refcount", mount_refcount),
     on_all("reset", reset),
     Test {
+        name: "state_on_path",
+        run: state_on_path,
+        only: Some("overlay2"),
+    },
+    Test {
+        name: "state_on_path",
+        run: state_on_path,
+        only: Some("vfs"),
+    },
+    Test {
         name: "zfs_spawns",
         run: zfs_spawns,
         only: Some("zfs"),
@@ -1512,7 +1522,15 @@ fn zfs_spawns(backend: &str) -> Result<()> {
 /// loop device, pool), the state directory and the config table; a
 /// second reset finds nothing to do.
 fn reset(backend: &str) -> Result<()> {
-    let w = World::new(backend)?;
+    // overlay2 and vfs on their loopback XFS, so every backend has a
+    // select-time setup to undo.
+    let w = if matches!(backend, "overlay2" | "vfs") {
+        let w = World::bare(backend)?;
+        w.ok(&["select", backend, "--loopback", "512M"])?;
+        w
+    } else {
+        World::new(backend)?
+    };
     w.ok(&["image", "import", s(&inputs::umoci_insert_layout())])?;
     w.ok(&["container", "create", "rc", "--image", "latest"])?;
     let m = w.mount("rc", None)?;
@@ -1556,6 +1574,50 @@ fn reset(backend: &str) -> Result<()> {
     ensure!(
         again == format!("backend {backend}: nothing to reset\n"),
         "{again:?}"
+    );
+    Ok(())
+}
+
+/// `select overlay2|vfs --path DIR` keeps the whole state in DIR (bound on
+/// `<root>/<backend>`): the store is created there, quota is what DIR's
+/// filesystem gives (here: refused, not XFS), the bind comes back after a
+/// reboot, selecting again without an option keeps DIR, and moving to a
+/// `--loopback` is refused with one line and no change to the config.
+fn state_on_path(backend: &str) -> Result<()> {
+    let w = World::bare(backend)?;
+    let data = w.base.join("data");
+    std::fs::create_dir(&data)?;
+    w.ok(&["select", backend, "--path", s(&data)])?;
+    let state = w.state();
+    ensure!(
+        data.join("metadata.db").is_file(),
+        "no store in {}",
+        data.display()
+    );
+    let st = w.json(&["status"])?;
+    let quota = st["capabilities"]["quota"].as_str().unwrap_or_default();
+    let fs = st["filesystem"].as_str().unwrap_or_default();
+    if fs == "xfs" {
+        ensure!(!quota.contains("not on XFS"), "{st}");
+    } else {
+        ensure!(quota.contains("not on XFS"), "{st}");
+    }
+    // A reboot: the bind is gone; the next command binds DIR again.
+    rustix::mount::unmount(&state, rustix::mount::UnmountFlags::empty())?;
+    ensure!(mount_count(&state)? == 0, "still bound");
+    w.ok(&["status"])?;
+    ensure!(
+        mount_count(&state)? == 1,
+        "{} not bound again",
+        state.display()
+    );
+    w.ok(&["select", backend])?;
+    let config = std::fs::read(w.root.join("config.toml"))?;
+    let e = w.fails(&["select", backend, "--loopback", "512M"])?;
+    ensure!(e.contains("already set up on --path"), "{e}");
+    ensure!(
+        std::fs::read(w.root.join("config.toml"))? == config,
+        "a refused select changed config.toml"
     );
     Ok(())
 }

@@ -91,6 +91,11 @@ static TESTS: &[Test] = &[
         only: None,
     },
     Test {
+        name: "quota_limits_xfs",
+        run: quota_limits_xfs,
+        only: FILE_BACKENDS,
+    },
+    Test {
         name: "dedup_unsupported_here",
         run: dedup_unsupported_here,
         // btrfs shares extents wherever it runs: see dedup_native.
@@ -564,9 +569,30 @@ fn hostile_referenced(backend: &str) -> Result<()> {
 /// limit, enforced by the backend (EDQUOT past it) or refused with the
 /// backend's reason where it cannot enforce.
 fn quota_limits(backend: &str) -> Result<()> {
-    let w = World::new(backend)?;
-    one_layer(&w, "img-q", 4 << 10)?;
-    one_layer(&w, "img-free", 4 << 10)?;
+    quota_limits_in(&World::new(backend)?)
+}
+
+/// [`quota_limits`] with overlay2 or vfs on a `--loopback` XFS, where
+/// limits are XFS project quotas: enforced (EDQUOT, and no project limit
+/// left once the container is removed) if the running kernel's XFS has
+/// quota support, refused with that reason if it has not.
+fn quota_limits_xfs(backend: &str) -> Result<()> {
+    let w = World::with_select(backend, &["select", backend, "--loopback", "512M"])?;
+    let status = w.json(&["status"])?;
+    ensure!(status["filesystem"] == "xfs", "{status}");
+    let quota = status["capabilities"]["quota"].as_str().unwrap_or_default();
+    match drivers_it::fixture::kernel_xfs_quota() {
+        Some(true) => ensure!(quota == "yes", "{status}"),
+        Some(false) => ensure!(quota.contains("no XFS project quota support"), "{status}"),
+        None => bail!("/proc/config.gz does not say whether XFS has quota support"),
+    }
+    quota_limits_in(&w)
+}
+
+fn quota_limits_in(w: &World) -> Result<()> {
+    let backend = w.backend.as_str();
+    one_layer(w, "img-q", 4 << 10)?;
+    one_layer(w, "img-free", 4 << 10)?;
     w.ok(&["container", "create", "busy", "--image", "img-q"])?;
     w.ok(&["container", "create", "idle", "--image", "img-q"])?;
     let m = w.mount("busy", None)?;
@@ -667,7 +693,23 @@ fn quota_limits(backend: &str) -> Result<()> {
             e.raw_os_error() == Some(libc_edquot()),
             "expected EDQUOT, got {e}"
         );
+        // overlay2 and vfs: the container's XFS project, which removing
+        // the container must leave without a limit.
+        let project = match backend {
+            "overlay2" | "vfs" => {
+                let p = drivers_sys::xfs::project(&std::fs::File::open(&m)?)?;
+                ensure!(p.id != 0, "{p:?}");
+                Some(p.id)
+            }
+            _ => None,
+        };
         w.ok(&["container", "umount", "limited"])?;
+        if let Some(id) = project {
+            w.ok(&["container", "rm", "limited"])?;
+            let dir = std::fs::File::open(w.state())?;
+            let q = drivers_sys::xfs::project_quota(&dir, id)?;
+            ensure!(q.is_unused(), "project {id} after container rm: {q:?}");
+        }
     } else {
         let line = w.fails(&["container", "create", "limited", "--image", "img-q"])?;
         let why = quota.trim_start_matches("no (").trim_end_matches(')');

@@ -322,16 +322,14 @@ pub struct World {
 impl World {
     /// A fresh world with `backend` selected.
     pub fn new(backend: &str) -> Result<World> {
-        let marker = random_hex(4);
-        let base = Path::new(TMP).join(format!("{TMP_PREFIX}{marker}"));
-        std::fs::create_dir(&base).with_context(|| format!("create {}", base.display()))?;
-        let w = World {
-            root: base.join("root"),
-            base,
-            backend: backend.to_owned(),
-            marker,
-        };
-        w.run(&select_args(backend))?.success()?;
+        World::with_select(backend, &select_args(backend))
+    }
+
+    /// A fresh world where `drivers ARGS…` (a `select` command line for
+    /// `backend`) made `backend` active.
+    pub fn with_select(backend: &str, select: &[&str]) -> Result<World> {
+        let w = World::bare(backend)?;
+        w.run(select)?.success()?;
         if backend == "zfs" && !drivers_zfs::stores_xattrs() {
             // The tests compare with listings that hold xattrs, which
             // zfs-fuse cannot store; `fixture_oci_tricky` pins the default
@@ -339,6 +337,20 @@ impl World {
             w.set_zfs_xattrs("drop")?;
         }
         Ok(w)
+    }
+
+    /// A fresh world for `backend` where nothing has run yet (the test
+    /// selects it itself).
+    pub fn bare(backend: &str) -> Result<World> {
+        let marker = random_hex(4);
+        let base = Path::new(TMP).join(format!("{TMP_PREFIX}{marker}"));
+        std::fs::create_dir(&base).with_context(|| format!("create {}", base.display()))?;
+        Ok(World {
+            root: base.join("root"),
+            base,
+            backend: backend.to_owned(),
+            marker,
+        })
     }
 
     /// Sets `xattrs = MODE` in `[backends.zfs]` of the world's config.
@@ -364,9 +376,15 @@ impl World {
         let datasets = self.root.join("zfs").join(drivers_zfs::DATASETS_DIR);
         // btrfs keeps its loopback filesystem mounted while selected.
         let btrfs = drivers_btrfs::mount_point(&drivers_host::backends::env(&self.root, "btrfs"));
+        // So do overlay2 and vfs a loopback XFS, on their state dir.
+        let xfs: Vec<PathBuf> = ["overlay2", "vfs"]
+            .into_iter()
+            .filter(|b| backend_table(&self.root, b).is_some_and(|t| t.contains_key("loopback")))
+            .map(|b| self.root.join(b))
+            .collect();
         Ok(mounts_under(&self.root)?
             .into_iter()
-            .filter(|p| !p.starts_with(&datasets) && *p != btrfs)
+            .filter(|p| !p.starts_with(&datasets) && *p != btrfs && !xfs.contains(p))
             .collect())
     }
 

@@ -163,6 +163,28 @@ pub fn test_select_args(backend: &str) -> drivers_api::SelectArgs {
 /// case's 75 MiB and the deep chains, well above mkfs.btrfs's ~110 MiB.
 pub const BTRFS_TEST_FS_BYTES: u64 = 512 << 20;
 
+/// Size of the loopback XFS of the overlay2 and vfs quota fixtures
+/// (sparse): above mkfs.xfs's 300 MiB minimum.
+pub const XFS_TEST_FS_BYTES: u64 = 512 << 20;
+
+/// Whether the running kernel's XFS has quota support, from its own
+/// configuration (`/proc/config.gz`), independently of the code under
+/// test; `None` if the kernel does not publish it.
+pub fn kernel_xfs_quota() -> Option<bool> {
+    let out = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.lines().any(|l| l == "CONFIG_XFS_QUOTA=y") {
+        Some(true)
+    } else if text.lines().any(|l| l == "# CONFIG_XFS_QUOTA is not set") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Size of a test fixture's loopback zpool (sparse).
 pub const ZFS_TEST_POOL_BYTES: u64 = 1 << 30;
 
@@ -197,12 +219,16 @@ pub fn destroy_stale_test_pools() {
 
 /// Runs `backend`'s select-time setup under `root` with the test args and
 /// returns the config table it records.
-pub fn setup_backend(backend: &Backend, root: &Path) -> Result<toml::Table> {
+pub fn setup_backend(
+    backend: &Backend,
+    root: &Path,
+    args: &drivers_api::SelectArgs,
+) -> Result<toml::Table> {
     let env = drivers_host::backends::env(root, backend.name);
     if backend.name == "zfs" {
         destroy_stale_test_pools();
     }
-    (backend.setup)(&env, &test_select_args(backend.name), &toml::Table::new())
+    (backend.setup)(&env, args, &toml::Table::new())
         .with_context(|| format!("set up backend {} under {}", backend.name, root.display()))
 }
 
@@ -231,6 +257,17 @@ impl Fixture {
     /// A fresh root with `backend` and its store opened in it; `label`
     /// (`<backend>::<case>`) prefixes what the fixture prints.
     pub fn new(backend: &'static Backend, label: &str) -> Result<Fixture> {
+        Fixture::with_select(backend, label, &test_select_args(backend.name))
+    }
+
+    /// Like [`Fixture::new`], with `args` for the backend's select-time
+    /// setup instead of [`test_select_args`] (e.g. an XFS `--loopback` for
+    /// overlay2 or vfs).
+    pub fn with_select(
+        backend: &'static Backend,
+        label: &str,
+        args: &drivers_api::SelectArgs,
+    ) -> Result<Fixture> {
         let root = std::env::temp_dir().join(format!(
             "{ROOT_PREFIX}{}",
             drivers_host::store::random_hex(6)
@@ -248,7 +285,7 @@ impl Fixture {
             table: toml::Table::new(),
         };
         std::fs::create_dir(fx.work())?;
-        fx.table = setup_backend(backend, &fx.root)?;
+        fx.table = setup_backend(backend, &fx.root, args)?;
         let store = open_store(backend, &fx.root, &fx.table)?;
         *fx.store.get_mut() = Some(store);
         fx.baseline = fx.backend_listing()?;
@@ -529,6 +566,8 @@ impl Fixture {
                             &self.root, "btrfs",
                         ))
             })
+            // So do overlay2 and vfs their loopback XFS, on the state dir.
+            .filter(|p| !(self.table.contains_key("loopback") && *p == self.state_dir()))
             .collect();
         ensure!(
             m.is_empty(),

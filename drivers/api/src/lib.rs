@@ -396,7 +396,9 @@ pub struct HostEnv {
     /// The backend's state directory, `<root>/<backend>`. The host keeps
     /// `metadata.db*`, `content/`, `mounts/` and `staging/` there; the backend
     /// may create anything else below it, and nothing elsewhere under the
-    /// root.
+    /// root. A backend may mount a filesystem on the state directory itself
+    /// in [`Backend::setup`] and [`Backend::open`] (overlay2 and vfs do
+    /// for `--loopback` and `--path`): the host touches it only after.
     pub state_dir: PathBuf,
 }
 

@@ -567,72 +567,40 @@ fn describe(c: &Config) -> String {
     }
 }
 
+/// The `--loopback` btrfs of `env`.
+fn loopback_fs(env: &HostEnv) -> loopback::Loopback<'static> {
+    loopback::Loopback {
+        backend: NAME,
+        image: image_path(env),
+        target: mount_point(env),
+        fstype: NAME,
+        mkfs: loopback::Mkfs {
+            program: MKFS,
+            args: MKFS_ARGS,
+        },
+        options: LOOPBACK_OPTIONS,
+        fallback: None,
+        min_bytes: (LOOPBACK_MIN_BYTES, "mkfs.btrfs needs about 109 MiB"),
+    }
+}
+
 /// Creates (or finds again) the loopback btrfs, mounts it and switches
 /// quota on. A new image is deleted again if anything fails.
 fn setup_loopback(env: &HostEnv, size: u64) -> Result<()> {
-    let image = image_path(env);
-    if size < LOOPBACK_MIN_BYTES {
-        return Err(Error::Invalid {
-            field: "--loopback",
-            reason: format!(
-                "{size} bytes is too small: mkfs.btrfs needs about 109 MiB, and drivers asks for at least {} MiB",
-                LOOPBACK_MIN_BYTES >> 20
-            ),
-        });
-    }
-    let existed = image.exists();
-    if existed {
-        let len = std::fs::metadata(&image).ctx("inspect", &image)?.len();
-        if len != size {
-            return Err(Error::Invalid {
-                field: "--loopback",
-                reason: format!(
-                    "the loopback image {} already exists with {len} bytes, not {size}",
-                    image.display()
-                ),
-            });
-        }
-    } else {
-        std::fs::create_dir_all(&env.state_dir).ctx("create directory", &env.state_dir)?;
-        let mkfs = loopback::Mkfs {
-            program: MKFS,
-            args: MKFS_ARGS,
-        };
-        loopback::create(&image, size, &mkfs)?;
-    }
-    let r = mount_loopback(env).and_then(|target| {
-        let fd = open_dir(&target)?;
-        if !btrfs::quota_enabled(&fd).ctx("read the quota status of", &target)? {
-            btrfs::quota_enable(&fd).ctx("enable quota on", &target)?;
-            btrfs::quota_rescan_wait(&fd).ctx("wait for the quota rescan of", &target)?;
+    loopback_fs(env).provision(size, |target| {
+        let fd = open_dir(target)?;
+        if !btrfs::quota_enabled(&fd).ctx("read the quota status of", target)? {
+            btrfs::quota_enable(&fd).ctx("enable quota on", target)?;
+            btrfs::quota_rescan_wait(&fd).ctx("wait for the quota rescan of", target)?;
         }
         Ok(())
-    });
-    if r.is_err()
-        && !existed
-        && let Err(e) = loopback::destroy(&image, &mount_point(env))
-    {
-        tracing::warn!(backend = NAME, image = %image.display(), error = %e, "could not remove a failed loopback image");
-    }
-    r
+    })
 }
 
 /// Attaches and mounts the loopback image if needed; returns the mount
 /// point.
 fn mount_loopback(env: &HostEnv) -> Result<PathBuf> {
-    let image = image_path(env);
-    if !image.is_file() {
-        return Err(Error::Unavailable {
-            backend: NAME,
-            reason: format!("the loopback image {} is gone", image.display()),
-            hint: Some("select btrfs --loopback SIZE again (its layers are lost)".into()),
-        });
-    }
-    let target = mount_point(env);
-    std::fs::create_dir_all(&target).ctx("create directory", &target)?;
-    let options: Vec<String> = LOOPBACK_OPTIONS.iter().map(|s| s.to_string()).collect();
-    loopback::ensure_mounted(&image, &target, NAME, &options)?;
-    Ok(target)
+    loopback_fs(env).mount()
 }
 
 fn open(env: &HostEnv, table: &toml::Table) -> Result<Box<dyn Driver>> {
@@ -666,7 +634,7 @@ fn teardown(env: &HostEnv, table: &toml::Table) -> Result<()> {
             }
             Ok(())
         }
-        (None, Some(_)) => loopback::destroy(&image_path(env), &mount_point(env)),
+        (None, Some(_)) => loopback_fs(env).destroy(),
         (None, None) => Ok(()),
     }
 }

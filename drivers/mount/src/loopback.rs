@@ -242,7 +242,14 @@ pub fn attach(image: &Path, autoclear: bool) -> Result<LoopDevice> {
 /// An I/O error if `/sys/block` cannot be read.
 pub fn attachments(image: &Path) -> Result<Vec<PathBuf>> {
     let abs = std::path::absolute(image).ctx("resolve", image)?;
-    let wanted = std::fs::canonicalize(image).unwrap_or(abs);
+    // The image may be hidden under the filesystem made from it (an image
+    // in the directory it is mounted on): then its directory resolves.
+    let wanted = std::fs::canonicalize(image)
+        .or_else(|_| match (abs.parent(), abs.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(dir).map(|d| d.join(name)),
+            _ => Ok(abs.clone()),
+        })
+        .unwrap_or(abs);
     let wanted = wanted.as_os_str().as_bytes();
     let mut deleted = wanted.to_vec();
     deleted.extend_from_slice(b" (deleted)");
@@ -281,6 +288,11 @@ pub fn ensure_mounted(
     fstype: &str,
     options: &[String],
 ) -> Result<PathBuf> {
+    // Already mounted (the usual case): no lock needed, and none could be
+    // taken if the image lies in `target` itself, hidden by the mount.
+    if let Some(dev) = mounted_from(image, target)? {
+        return Ok(dev);
+    }
     let _lock = lock(image)?;
     let devices = attachments(image)?;
     let target_abs = std::path::absolute(target).ctx("resolve", target)?;
@@ -320,6 +332,164 @@ pub fn ensure_mounted(
     }
     // The mount keeps the device bound; autoclear releases it at unmount.
     Ok(dev.path().to_owned())
+}
+
+/// The loop device of `image` if the topmost mount on `target` is made
+/// from it.
+pub fn mounted_from(image: &Path, target: &Path) -> Result<Option<PathBuf>> {
+    let target_abs = std::path::absolute(target).ctx("resolve", target)?;
+    let Some(top) = mountinfo::entries()?
+        .into_iter()
+        .rfind(|m| m.target == target_abs)
+    else {
+        return Ok(None);
+    };
+    Ok(attachments(image)?
+        .into_iter()
+        .find(|d| d.as_os_str().as_bytes() == top.source.as_bytes()))
+}
+
+/// A backend's file-backed filesystem: where its image and mount point
+/// are, and how it is made and mounted. `drivers select … --loopback SIZE`
+/// of btrfs, overlay2 and vfs goes through [`Loopback::provision`], their
+/// `open` through [`Loopback::mount`], their teardown through
+/// [`Loopback::destroy`].
+#[derive(Clone, Debug)]
+pub struct Loopback<'a> {
+    /// The backend, for messages.
+    pub backend: &'static str,
+    /// The image file.
+    pub image: PathBuf,
+    /// Where the filesystem is mounted.
+    pub target: PathBuf,
+    /// Filesystem type, as `mount -t` takes it.
+    pub fstype: &'a str,
+    /// How the image is formatted.
+    pub mkfs: Mkfs<'a>,
+    /// Mount options.
+    pub options: &'a [&'a str],
+    /// Options to mount with instead when the kernel refuses `options`
+    /// with `EINVAL` (XFS's `prjquota` on a kernel built without XFS
+    /// quota support); `None`: no second try.
+    pub fallback: Option<&'a [&'a str]>,
+    /// The smallest size accepted, with the reason shown when below it.
+    pub min_bytes: (u64, &'a str),
+}
+
+impl Loopback<'_> {
+    /// Creates the image of `size` bytes (or finds it again with that
+    /// size), mounts it and runs `ready` on the mount point. A new image
+    /// is destroyed again if anything fails.
+    ///
+    /// # Errors
+    ///
+    /// [`drivers_api::ErrorKind::Invalid`] for a size below the minimum or
+    /// an existing image of another size; what [`create`],
+    /// [`ensure_mounted`] or `ready` return.
+    pub fn provision(&self, size: u64, ready: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let (min, why) = self.min_bytes;
+        if size < min {
+            return Err(Error::Invalid {
+                field: "--loopback",
+                reason: format!(
+                    "{size} bytes is too small: {why}, and drivers asks for at least {} MiB",
+                    min >> 20
+                ),
+            });
+        }
+        let device = mounted_from(&self.image, &self.target)?;
+        let existed = device.is_some() || self.image.exists();
+        if existed {
+            let len = match (std::fs::metadata(&self.image), &device) {
+                (Ok(m), _) => m.len(),
+                // Hidden under its own mount: the device knows the size.
+                (Err(_), Some(dev)) => device_bytes(dev)?,
+                (Err(e), None) => return Err(e).ctx("inspect", &self.image),
+            };
+            if len != size {
+                return Err(Error::Invalid {
+                    field: "--loopback",
+                    reason: format!(
+                        "the loopback image {} already exists with {len} bytes, not {size}",
+                        self.image.display()
+                    ),
+                });
+            }
+        } else {
+            if let Some(dir) = self.image.parent() {
+                std::fs::create_dir_all(dir).ctx("create directory", dir)?;
+            }
+            create(&self.image, size, &self.mkfs)?;
+        }
+        let r = self.mount().and_then(|t| ready(&t));
+        if r.is_err()
+            && !existed
+            && let Err(e) = destroy(&self.image, &self.target)
+        {
+            tracing::warn!(backend = self.backend, image = %self.image.display(), error = %e, "could not remove a failed loopback image");
+        }
+        r
+    }
+
+    /// Attaches and mounts the image if needed (after a reboot); returns
+    /// the mount point.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if the image is gone; what
+    /// [`ensure_mounted`] returns.
+    pub fn mount(&self) -> Result<PathBuf> {
+        if mounted_from(&self.image, &self.target)?.is_some() {
+            return Ok(self.target.clone());
+        }
+        if !self.image.is_file() {
+            return Err(Error::Unavailable {
+                backend: self.backend,
+                reason: format!("the loopback image {} is gone", self.image.display()),
+                hint: Some(format!(
+                    "select {} --loopback SIZE again (its layers are lost)",
+                    self.backend
+                )),
+            });
+        }
+        std::fs::create_dir_all(&self.target).ctx("create directory", &self.target)?;
+        let owned = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        match ensure_mounted(&self.image, &self.target, self.fstype, &owned(self.options)) {
+            Ok(_) => {}
+            Err(e)
+                if e.raw_os_error() == Some(Errno::INVAL.raw_os_error())
+                    && self.fallback.is_some() =>
+            {
+                let fallback = self.fallback.unwrap_or_default();
+                tracing::warn!(backend = self.backend, refused = ?self.options, using = ?fallback, error = %e, "the kernel refused the mount options; mounting with fewer");
+                ensure_mounted(&self.image, &self.target, self.fstype, &owned(fallback))?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(self.target.clone())
+    }
+
+    /// [`destroy`] of this image and mount point.
+    ///
+    /// # Errors
+    ///
+    /// What [`destroy`] returns.
+    pub fn destroy(&self) -> Result<()> {
+        destroy(&self.image, &self.target)
+    }
+}
+
+/// The size of block device `/dev/NAME` in bytes, from
+/// `/sys/block/NAME/size` (in 512-byte sectors whatever the block size).
+fn device_bytes(device: &Path) -> Result<u64> {
+    let name = device.file_name().unwrap_or_default();
+    let file = Path::new("/sys/block").join(name).join("size");
+    let text = std::fs::read_to_string(&file).ctx("read", &file)?;
+    text.trim()
+        .parse::<u64>()
+        .map(|sectors| sectors * 512)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        .ctx("parse", &file)
 }
 
 /// Unmounts every mount of the loop devices `image` is bound to (deepest

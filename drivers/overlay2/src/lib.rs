@@ -16,7 +16,14 @@
 //! l/<short>           symlink to ../layers/<id>/diff
 //! tmp/new-<id>/       a layer being built, renamed into layers/ when complete
 //! tmp/rm-<id>/        a layer being deleted, renamed here first
+//! projects/<n>        project id n's claim, for a layer with a size limit
 //! ```
+//!
+//! Size limits are XFS project quotas ([`drivers_xfs`]): a container
+//! created with one gets a project id on `layers/<id>`, inherited by its
+//! `diff` and `work` directories, limited to the size. They work when the
+//! state directory is on an XFS mounted with `prjquota`: `drivers select
+//! overlay2 --loopback SIZE` makes one and mounts it there.
 //!
 //! Mounts name lower layers by their `l/` links: 500 links of 6 characters
 //! fit in the one page legacy `mount(2)` accepts when the mounter changes
@@ -45,6 +52,7 @@ use drivers_api::{
     LayerId, Mount, OverlayUpper, PrepareOpts, Result, SelectArgs, Support, Usage,
 };
 use drivers_mount::MountApi;
+use drivers_xfs::ProjectQuotas;
 use rustix::fs::{CWD, RenameFlags};
 use rustix::io::Errno;
 
@@ -57,7 +65,7 @@ pub const BACKEND: Backend = Backend {
     probe: |env, _| probe::probe(env),
     setup,
     open,
-    teardown: drivers_api::teardown_nothing,
+    teardown,
 };
 
 /// The deepest chain overlay2 mounts: overlayfs stacks at most 500 lower
@@ -101,10 +109,6 @@ const RESERVED_KEYS: &[&str] = &[
     "userxattr",
 ];
 
-/// Why [`Capabilities::quota`] is missing.
-const QUOTA_REASON: &str = "overlay2 cannot enforce size limits yet: the upper directories would need XFS project \
-                            quotas, which are not implemented";
-
 /// The `[backends.overlay2]` table of the config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -122,6 +126,24 @@ pub struct Config {
     /// `DRIVERS_OVERLAY_MOUNT_API` overrides detection, this setting
     /// overrides both.
     pub mount_api: Option<MountApi>,
+    /// `--loopback SIZE`: the size in bytes of the file-backed XFS (with
+    /// project quotas) mounted on the state directory, see
+    /// [`drivers_xfs`]. Default: unset, the root's own filesystem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loopback: Option<u64>,
+    /// `--path DIR`: a directory bind-mounted on the state directory (e.g.
+    /// on an XFS mounted with `prjquota`). Default: unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    fn location(&self) -> drivers_xfs::Location {
+        drivers_xfs::Location {
+            path: self.path.clone(),
+            loopback: self.loopback,
+        }
+    }
 }
 
 /// The overlay2 backend.
@@ -131,6 +153,8 @@ pub struct Overlay2 {
     state_dir: PathBuf,
     /// [`FORMAT_OPTIONS`] followed by [`Config::mount_options`].
     options: Vec<String>,
+    /// Size limits: XFS project quotas on the upper and work directories.
+    quotas: ProjectQuotas,
 }
 
 /// What a mount plan needs to know about one parent layer.
@@ -261,6 +285,11 @@ impl Overlay2 {
         let ovl = Overlay2 {
             state_dir: env.state_dir.clone(),
             options,
+            quotas: {
+                // Probed on the state directory itself, so it must exist.
+                std::fs::create_dir_all(&env.state_dir).ctx("create directory", &env.state_dir)?;
+                ProjectQuotas::open(NAME, &env.state_dir)?
+            },
         };
         for dir in [ovl.state_dir.join("layers"), ovl.links_dir(), ovl.tmp_dir()] {
             std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
@@ -373,13 +402,25 @@ impl Overlay2 {
     /// `diff` root takes mode and owner from the nearest parent's, since
     /// the root of an overlay mount is the upper's root: that is how a
     /// `chmod /` in a container survives commit and is inherited.
-    /// Writable layers also get `work` and a link. On error nothing is left.
-    fn create(&self, id: &LayerId, parent: Option<&LayerId>, writable: bool) -> Result<()> {
+    /// Writable layers also get `work` and a link; with `limit`, the layer
+    /// directory gets a project of its own (inherited by `diff` and `work`,
+    /// so overlayfs's copy-up stays in it) limited to that many bytes. On
+    /// error nothing is left.
+    fn create(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        writable: bool,
+        limit: Option<u64>,
+    ) -> Result<()> {
         let staging = self.tmp_dir().join(format!("new-{id}"));
         drivers_fs::remove_tree(&staging).ctx("remove stale staging directory", &staging)?;
         let mut link = None;
         let r = (|| {
             std::fs::create_dir(&staging).ctx("create directory", &staging)?;
+            if let Some(bytes) = limit {
+                self.quotas.limit(&staging, id, bytes)?;
+            }
             let diff = staging.join("diff");
             std::fs::create_dir(&diff).ctx("create directory", &diff)?;
             let (mode, uid, gid) = match parent {
@@ -418,8 +459,9 @@ impl Overlay2 {
         })();
         if r.is_err() {
             let undo = link.map_or(Ok(()), |s| self.remove_link(&s, id.as_str()));
-            if let Err(e) =
-                undo.and_then(|()| drivers_fs::remove_tree(&staging).ctx("remove", &staging))
+            if let Err(e) = undo
+                .and_then(|()| drivers_fs::remove_tree(&staging).ctx("remove", &staging))
+                .and_then(|()| self.quotas.release(id.as_str()))
             {
                 tracing::warn!(backend = NAME, layer_id = %id, error = %e, "could not undo a failed prepare; cleanup will retry");
             }
@@ -439,6 +481,7 @@ impl Overlay2 {
         }
         let freed = usage_or_zero(&grave);
         drivers_fs::remove_tree(&grave).ctx("remove", &grave)?;
+        self.quotas.release(name)?;
         Ok(freed)
     }
 
@@ -471,6 +514,7 @@ impl Overlay2 {
                 }
                 freed += usage_or_zero(&path);
                 drivers_fs::remove_tree(&path).ctx("remove", &path)?;
+                self.quotas.release(id)?;
             }
         }
         Ok(freed)
@@ -544,7 +588,7 @@ impl Driver for Overlay2 {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            quota: Support::No(QUOTA_REASON.into()),
+            quota: self.quotas.support().clone(),
             dedup: Support::No(
                 "layers are stacked, never copied, so nothing is duplicated between a layer and its parents; \
                  identical files in unrelated layers are not shared"
@@ -560,23 +604,23 @@ impl Driver for Overlay2 {
     }
 
     fn prepare(&self, id: &LayerId, parents: &[LayerId], opts: &PrepareOpts) -> Result<Vec<Mount>> {
-        if opts.size_limit.is_some() {
+        if let (Some(_), Support::No(reason)) = (opts.size_limit, self.quotas.support()) {
             return Err(Error::Unsupported {
                 backend: NAME,
                 feature: "quota",
-                reason: QUOTA_REASON.into(),
+                reason: reason.clone(),
             });
         }
         check_depth(id, parents)?;
         let resolved = self.parents(parents)?;
-        self.create(id, parents.first(), true)?;
+        self.create(id, parents.first(), true, opts.size_limit)?;
         Ok(mount_plan(&self.layer(id), true, &resolved, &self.options))
     }
 
     fn view(&self, id: &LayerId, parents: &[LayerId]) -> Result<Vec<Mount>> {
         check_depth(id, parents)?;
         let resolved = self.parents(parents)?;
-        self.create(id, parents.first(), false)?;
+        self.create(id, parents.first(), false, None)?;
         Ok(mount_plan(&self.layer(id), false, &resolved, &self.options))
     }
 
@@ -641,20 +685,37 @@ impl Driver for Overlay2 {
         }
         freed += self.cleanup_tmp(live)?;
         self.cleanup_links(live)?;
+        self.quotas.cleanup(live)?;
         Ok(freed)
+    }
+
+    fn set_limit(&self, id: &LayerId, bytes: u64) -> Result<()> {
+        self.existing(id)?;
+        self.quotas.set(id, bytes)
     }
 }
 
-/// `drivers select overlay2`: no options yet; checks the recorded settings.
-fn setup(_env: &HostEnv, args: &SelectArgs, table: &toml::Table) -> Result<toml::Table> {
-    args.only(NAME, &[])?;
-    let _: Config = drivers_api::parse_config("backends.overlay2", table)?;
-    Ok(table.clone())
+/// `drivers select overlay2 [--path DIR | --loopback SIZE]`: checks the
+/// recorded settings and mounts the XFS or the directory the state
+/// directory lives on ([`drivers_xfs::setup`]); without an option the
+/// recorded location is kept.
+fn setup(env: &HostEnv, args: &SelectArgs, table: &toml::Table) -> Result<toml::Table> {
+    let config: Config = drivers_api::parse_config("backends.overlay2", table)?;
+    let at = drivers_xfs::setup(NAME, env, args, &config.location())?;
+    Ok(at.record(table))
 }
 
 fn open(env: &HostEnv, table: &toml::Table) -> Result<Box<dyn Driver>> {
     let config: Config = drivers_api::parse_config("backends.overlay2", table)?;
+    drivers_xfs::open(NAME, env, &config.location())?;
     Ok(Box::new(Overlay2::open(env, config)?))
+}
+
+/// Undoes `setup`: a loopback XFS is unmounted and deleted, with
+/// everything on it; a `--path` bind is unmounted.
+fn teardown(env: &HostEnv, table: &toml::Table) -> Result<()> {
+    let config: Config = drivers_api::parse_config("backends.overlay2", table)?;
+    drivers_xfs::teardown(NAME, env, &config.location())
 }
 
 #[cfg(test)]

@@ -135,6 +135,7 @@ fn config_and_options() {
         let cfg = Config {
             mount_options: vec![bad.into()],
             mount_api: None,
+            ..Config::default()
         };
         assert_eq!(
             Overlay2::open(&env, cfg).unwrap_err().kind(),

@@ -6,6 +6,8 @@
 //!   info; `TREE_SEARCH_V2` (what `btrfs subvolume find-new` and `btrfs
 //!   subvolume list` are built on); `INO_LOOKUP`; quota and qgroups.
 //! - [`loopdev`]: loop device allocation, configuration and release.
+//! - [`xfs`]: project ids of directories and XFS project quota limits
+//!   (`quotactl_fd`).
 //!
 //! Every argument struct is `#[repr(C)]` and its size is checked at compile
 //! time against the kernel's UAPI headers (`linux/btrfs.h`, `linux/loop.h`,
@@ -32,6 +34,7 @@
 pub mod btrfs;
 pub mod extents;
 pub mod loopdev;
+pub mod xfs;
 
 use std::ffi::c_void;
 

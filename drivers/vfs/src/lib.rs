@@ -12,7 +12,14 @@
 //! layers/<id>/        the layer's root directory itself
 //! tmp/new-<id>/       a layer being built; renamed into layers/ when complete
 //! tmp/rm-<id>/        a layer being deleted; renamed here first
+//! projects/<n>        project id n's claim, for a layer with a size limit
 //! ```
+//!
+//! Size limits are XFS project quotas ([`drivers_xfs`]) on the layer
+//! directory, which holds the copy of the parent too: the limit counts the
+//! whole tree. They work when the state directory is on an XFS mounted
+//! with `prjquota`: `drivers select vfs --loopback SIZE` makes one and
+//! mounts it there.
 //!
 //! Both renames make crashes harmless: a half-built or half-deleted layer
 //! is never under `layers/`, and [`Driver::cleanup`] removes what is left
@@ -36,6 +43,7 @@ use drivers_api::{
     ApplyFormat, ApplyTarget, Availability, Backend, Capabilities, DiffSource, Driver, Error,
     HostEnv, IoContext, LayerId, Mount, PrepareOpts, Result, SelectArgs, Support, Usage,
 };
+use drivers_xfs::ProjectQuotas;
 use rustix::fs::{Access, CWD, RenameFlags, StatVfsMountFlags};
 
 /// The backend's name, as users type it.
@@ -47,26 +55,44 @@ pub const BACKEND: Backend = Backend {
     probe: |env, _| probe(env),
     setup,
     open,
-    teardown: drivers_api::teardown_nothing,
+    teardown,
 };
 
 /// Mode of a base layer's root directory (the conformance convention).
 const BASE_ROOT_MODE: u32 = 0o755;
 
-/// Why [`Capabilities::quota`] is missing.
-const QUOTA_REASON: &str = "vfs cannot enforce size limits yet: that needs XFS project quotas on the state directory, which are not implemented";
-
-/// The `[backends.vfs]` table of the config file. There are no options
-/// yet; unknown keys are refused so a typo is not silently ignored.
+/// The `[backends.vfs]` table of the config file; unknown keys are
+/// refused so a typo is not silently ignored.
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {}
+pub struct Config {
+    /// `--loopback SIZE`: the size in bytes of the file-backed XFS (with
+    /// project quotas) mounted on the state directory, see
+    /// [`drivers_xfs`]. Default: unset, the root's own filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loopback: Option<u64>,
+    /// `--path DIR`: a directory bind-mounted on the state directory (e.g.
+    /// on an XFS mounted with `prjquota`). Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    fn location(&self) -> drivers_xfs::Location {
+        drivers_xfs::Location {
+            path: self.path.clone(),
+            loopback: self.loopback,
+        }
+    }
+}
 
 /// The vfs backend: every layer a full copy of its parent.
 #[derive(Debug)]
 pub struct Vfs {
     /// `<root>/vfs`.
     state_dir: PathBuf,
+    /// Size limits: XFS project quotas on the layer directory.
+    quotas: ProjectQuotas,
 }
 
 impl Vfs {
@@ -77,9 +103,18 @@ impl Vfs {
     ///
     /// An I/O error if the directories cannot be created.
     pub fn open(env: &HostEnv, config: Config) -> Result<Vfs> {
-        let Config {} = config;
+        // Where the state lives was settled before (`drivers_xfs::open`).
+        let Config {
+            path: _,
+            loopback: _,
+        } = config;
         let vfs = Vfs {
             state_dir: env.state_dir.clone(),
+            quotas: {
+                // Probed on the state directory itself, so it must exist.
+                std::fs::create_dir_all(&env.state_dir).ctx("create directory", &env.state_dir)?;
+                ProjectQuotas::open(NAME, &env.state_dir)?
+            },
         };
         for dir in [vfs.layers_dir(), vfs.tmp_dir()] {
             std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
@@ -117,13 +152,15 @@ impl Vfs {
     }
 
     /// Builds layer `id` as a copy of `parents[0]` in `tmp/new-<id>` and
-    /// renames it into place; on error nothing is left behind.
-    fn create(&self, id: &LayerId, parents: &[LayerId]) -> Result<PathBuf> {
+    /// renames it into place; with `limit`, the directory gets a project of
+    /// its own limited to that many bytes before the copy, so the copy
+    /// counts against the limit too. On error nothing is left behind.
+    fn create(&self, id: &LayerId, parents: &[LayerId], limit: Option<u64>) -> Result<PathBuf> {
         let staging = self.tmp_dir().join(format!("new-{id}"));
         let dst = self.layer(id);
         // A crashed earlier attempt with this id may have left a staging tree.
         drivers_fs::remove_tree(&staging).ctx("remove stale staging directory", &staging)?;
-        let r = self.fill(&staging, parents).and_then(|()| {
+        let r = self.fill(&staging, id, parents, limit).and_then(|()| {
             rustix::fs::renameat_with(CWD, &staging, CWD, &dst, RenameFlags::NOREPLACE).map_err(
                 |e| match e {
                     rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY => {
@@ -142,14 +179,25 @@ impl Vfs {
         });
         if r.is_err()
             && let Err(e) = drivers_fs::remove_tree(&staging)
+                .ctx("remove", &staging)
+                .and_then(|()| self.quotas.release(id.as_str()))
         {
             tracing::warn!(path = %staging.display(), error = %e, "could not remove a failed layer; cleanup will retry");
         }
         r.map(|()| dst)
     }
 
-    fn fill(&self, staging: &Path, parents: &[LayerId]) -> Result<()> {
+    fn fill(
+        &self,
+        staging: &Path,
+        id: &LayerId,
+        parents: &[LayerId],
+        limit: Option<u64>,
+    ) -> Result<()> {
         std::fs::create_dir(staging).ctx("create directory", staging)?;
+        if let Some(bytes) = limit {
+            self.quotas.limit(staging, id, bytes)?;
+        }
         match parents.first() {
             Some(parent) => {
                 let src = self.existing(parent)?;
@@ -186,7 +234,8 @@ impl Vfs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e).ctx("move layer out of place", dir),
         }
-        drivers_fs::remove_tree(&graveyard).ctx("remove", &graveyard)
+        drivers_fs::remove_tree(&graveyard).ctx("remove", &graveyard)?;
+        self.quotas.release(name)
     }
 }
 
@@ -205,7 +254,7 @@ impl Driver for Vfs {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            quota: Support::No(QUOTA_REASON.into()),
+            quota: self.quotas.support().clone(),
             dedup: Support::No(
                 "vfs shares extents only between a layer and the copy made from it (reflinks on btrfs or xfs), \
                  never between identical files of unrelated layers"
@@ -216,14 +265,14 @@ impl Driver for Vfs {
     }
 
     fn prepare(&self, id: &LayerId, parents: &[LayerId], opts: &PrepareOpts) -> Result<Vec<Mount>> {
-        if opts.size_limit.is_some() {
+        if let (Some(_), Support::No(reason)) = (opts.size_limit, self.quotas.support()) {
             return Err(Error::Unsupported {
                 backend: NAME,
                 feature: "quota",
-                reason: QUOTA_REASON.into(),
+                reason: reason.clone(),
             });
         }
-        let source = self.create(id, parents)?;
+        let source = self.create(id, parents, opts.size_limit)?;
         Ok(vec![Mount::Bind {
             source,
             read_only: false,
@@ -231,7 +280,7 @@ impl Driver for Vfs {
     }
 
     fn view(&self, id: &LayerId, parents: &[LayerId]) -> Result<Vec<Mount>> {
-        let source = self.create(id, parents)?;
+        let source = self.create(id, parents, None)?;
         Ok(vec![Mount::Bind {
             source,
             read_only: true,
@@ -301,7 +350,13 @@ impl Driver for Vfs {
                 drivers_fs::remove_tree(&path).ctx("remove", &path)?;
             }
         }
+        self.quotas.cleanup(live)?;
         Ok(freed)
+    }
+
+    fn set_limit(&self, id: &LayerId, bytes: u64) -> Result<()> {
+        self.existing(id)?;
+        self.quotas.set(id, bytes)
     }
 }
 
@@ -366,16 +421,27 @@ fn probe(env: &HostEnv) -> Availability {
     Availability::Usable
 }
 
-/// `drivers select vfs`: no options yet; checks the recorded settings.
-fn setup(_env: &HostEnv, args: &SelectArgs, table: &toml::Table) -> Result<toml::Table> {
-    args.only(NAME, &[])?;
-    let _: Config = drivers_api::parse_config("backends.vfs", table)?;
-    Ok(table.clone())
+/// `drivers select vfs [--path DIR | --loopback SIZE]`: checks the
+/// recorded settings and mounts the XFS or the directory the state
+/// directory lives on ([`drivers_xfs::setup`]); without an option the
+/// recorded location is kept.
+fn setup(env: &HostEnv, args: &SelectArgs, table: &toml::Table) -> Result<toml::Table> {
+    let config: Config = drivers_api::parse_config("backends.vfs", table)?;
+    let at = drivers_xfs::setup(NAME, env, args, &config.location())?;
+    Ok(at.record(table))
 }
 
 fn open(env: &HostEnv, table: &toml::Table) -> Result<Box<dyn Driver>> {
     let config: Config = drivers_api::parse_config("backends.vfs", table)?;
+    drivers_xfs::open(NAME, env, &config.location())?;
     Ok(Box::new(Vfs::open(env, config)?))
+}
+
+/// Undoes `setup`: a loopback XFS is unmounted and deleted, with
+/// everything on it; a `--path` bind is unmounted.
+fn teardown(env: &HostEnv, table: &toml::Table) -> Result<()> {
+    let config: Config = drivers_api::parse_config("backends.vfs", table)?;
+    drivers_xfs::teardown(NAME, env, &config.location())
 }
 
 #[cfg(test)]

@@ -50,10 +50,10 @@ pub enum Command {
     Select {
         /// overlay2, vfs, btrfs or zfs.
         backend: String,
-        /// Use the existing filesystem mounted at DIR (btrfs).
+        /// Use the existing filesystem mounted at DIR (btrfs), or keep the state in DIR (overlay2, vfs).
         #[arg(long, value_name = "DIR", conflicts_with_all = ["loopback", "dataset"])]
         path: Option<PathBuf>,
-        /// Create a file-backed filesystem or pool of SIZE (e.g. 4G) under the root and use it.
+        /// Create a file-backed filesystem or pool of SIZE (e.g. 4G) under the root and use it (overlay2 and vfs: an XFS with project quotas).
         #[arg(long, value_parser = output::parse_size, value_name = "SIZE", conflicts_with = "dataset")]
         loopback: Option<u64>,
         /// The zfs dataset to keep layers under.

@@ -346,8 +346,44 @@ pub(crate) fn expect_changes(got: &[Change], expected: &BTreeSet<(String, String
 /// quota refuses `prepare` with a 50 MiB limit as Unsupported, saying why,
 /// and leaves no snapshot and no data; one with quota admits 25 MiB and
 /// refuses 50 MiB more with EDQUOT or ENOSPC (btrfs: EDQUOT only), and
-/// removing the layer leaves nothing (btrfs: not its qgroup either).
+/// removing the layer leaves nothing (btrfs: not its qgroup either;
+/// overlay2 and vfs: no project limit).
+///
+/// overlay2 and vfs run it twice: on the fixture's root filesystem, and
+/// on a `--loopback` XFS of their own, where quota is XFS project quota —
+/// enforced if the running kernel's XFS has quota support (its
+/// `/proc/config.gz` says so), else refused with that reason.
 pub fn set_quota(fx: &Fixture) -> Result<()> {
+    set_quota_on(fx)?;
+    if !matches!(fx.name(), "overlay2" | "vfs") {
+        return Ok(());
+    }
+    let args = drivers_api::SelectArgs {
+        loopback: Some(crate::fixture::XFS_TEST_FS_BYTES),
+        ..Default::default()
+    };
+    let xfs = Fixture::with_select(fx.backend(), &format!("{}+xfs", fx.label()), &args)
+        .context("fixture on a loopback XFS")?;
+    let st = rustix::fs::statfs(xfs.state_dir())?;
+    ensure!(
+        st.f_type as u64 == 0x5846_5342,
+        "the --loopback state dir is not on XFS (type {:#x})",
+        st.f_type
+    );
+    let quota = xfs.store().driver().capabilities().quota;
+    match (crate::fixture::kernel_xfs_quota(), &quota) {
+        (Some(true), Support::Yes) => {}
+        (Some(false), Support::No(why)) => ensure!(
+            why.contains("no XFS project quota support"),
+            "the refusal on a kernel without XFS quota does not say so: {why}"
+        ),
+        (kernel, q) => bail!("kernel XFS quota support {kernel:?}, but the backend says {q:?}"),
+    }
+    set_quota_on(&xfs)?;
+    xfs.expect_no_mounts()
+}
+
+fn set_quota_on(fx: &Fixture) -> Result<()> {
     make_base(fx, "Base-rw")?;
     fx.commit("Base", "Base-rw")?;
     let quota = fx.store().driver().capabilities().quota;
@@ -390,7 +426,18 @@ pub fn set_quota(fx: &Fixture) -> Result<()> {
         }
         Support::Yes => {
             r.context("prepare with a size limit")?;
+            let mut project = None;
             fx.with_mounted("quotaTest", |root| {
+                if matches!(fx.name(), "overlay2" | "vfs") {
+                    // The writable root's project (overlayfs passes the
+                    // upper directory's through), limited to 50 MiB.
+                    let dir = std::fs::File::open(root)?;
+                    let p = drivers_sys::xfs::project(&dir)?;
+                    ensure!(p.id != 0 && p.inherit, "{p:?}");
+                    let q = drivers_sys::xfs::project_quota(&dir, p.id)?;
+                    ensure!(q.hard_bytes == 50 * MIB, "{q:?}");
+                    project = Some(p.id);
+                }
                 write_mib(&root.join("file"), 25).context("25 MiB within a 50 MiB quota")?;
                 match write_mib(&root.join("file2"), 50) {
                     Ok(()) => bail!("wrote 75 MiB into a layer limited to 50 MiB"),
@@ -414,6 +461,14 @@ pub fn set_quota(fx: &Fixture) -> Result<()> {
             })?;
             fx.remove("quotaTest")?;
             fx.expect_no_residue(Some(&before))?;
+            if let Some(id) = project {
+                let dir = std::fs::File::open(fx.state_dir())?;
+                let q = drivers_sys::xfs::project_quota(&dir, id)?;
+                ensure!(
+                    q.is_unused(),
+                    "project {id} after removing the limited layer: {q:?}"
+                );
+            }
             if let Some(before) = qgroups {
                 let now = crate::cases::subvol::qgroups(fx)?;
                 ensure!(
