@@ -53,6 +53,15 @@ pub struct BenchArgs {
     /// The OCI image layout of workload 1 [default: the output of tools/make-debian-image.sh].
     #[arg(long, value_name = "DIR", env = "DRIVERS_BENCH_IMAGE")]
     pub image: Option<PathBuf>,
+    /// Repetitions instead of the plan's (5, or 3 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: Option<u32>,
+    /// Containers per repetition instead of the plan's (100, or 10 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub containers: Option<u32>,
+    /// Chain depths of the read workload instead of the plan's, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub depths: Option<Vec<usize>>,
     /// Where the fresh per-backend roots go: the filesystem you want measured.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
     pub work_dir: PathBuf,
@@ -124,7 +133,9 @@ impl Plan {
         if quick {
             Plan {
                 reps: 3,
-                containers: 20,
+                // vfs copies the whole image per container, and removing
+                // the copies dominates its time: 10 keep it to minutes.
+                containers: 10,
                 mount_cycles: 10,
                 small_files: 1000,
                 big_file_bytes: 100 << 20,
@@ -187,7 +198,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             "drivers bench needs root: every backend mounts filesystems".into(),
         ));
     }
-    let probe_root = args.work_dir.join("drivers-bench");
+    let probe_root = args.work_dir.join("drivers-bench-probe");
     let chosen = choose_backends(&probe_root, &Config::default(), args.backends.as_deref())?;
     let image = match &args.image {
         Some(p) => p.clone(),
@@ -204,7 +215,22 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         }
     }
     std::fs::create_dir_all(&args.work_dir).ctx("create", &args.work_dir)?;
-    let plan = Plan::new(args.quick);
+    let mut plan = Plan::new(args.quick);
+    if let Some(n) = args.reps {
+        plan.reps = n as usize;
+    }
+    if let Some(n) = args.containers {
+        plan.containers = n as usize;
+    }
+    if let Some(d) = &args.depths {
+        if d.is_empty() || d.contains(&0) {
+            return Err(Error::Invalid {
+                field: "--depths",
+                reason: "give one or more depths of at least 1".into(),
+            });
+        }
+        plan.depths = d.clone();
+    }
     catch_signals()?;
 
     let scratch = args
@@ -214,7 +240,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let result = work::run_all(&scratch, &image, &chosen, &plan);
     // Whatever happened, nothing of the run stays.
     let cleaned = work::remove_scratch(&scratch);
-    let mut report = result.map_err(|e| Error::Precondition(format!("{e:#}")))?;
+    let report = result.map_err(|e| Error::Precondition(format!("{e:#}")))?;
     if let Err(e) = cleaned {
         return Err(Error::Precondition(format!(
             "the bench ran but could not remove {}: {e:#}",
@@ -226,7 +252,6 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             "interrupted; everything the bench made was removed".into(),
         ));
     }
-    report.plan = plan;
     if let Some(f) = &args.json_file {
         let text = serde_json::to_vec_pretty(&report).map_err(|e| Error::Json {
             what: "bench report".into(),
