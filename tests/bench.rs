@@ -193,7 +193,11 @@ fn bench_every_workload(backends: &[String]) -> Result<()> {
 
     // The table: backends (and the floor) as columns.
     let header = stdout.lines().next().unwrap_or_default();
-    for b in backends.iter().map(|b| b.to_uppercase()).chain(["FLOOR".into()]) {
+    for b in backends
+        .iter()
+        .map(|b| b.to_uppercase())
+        .chain(["FLOOR".into()])
+    {
         ensure!(
             header.split_whitespace().any(|c| c == b),
             "the table's header lacks {b}: {header}\n{stdout}"
@@ -210,12 +214,19 @@ fn bench_every_workload(backends: &[String]) -> Result<()> {
             .with_context(|| format!("no column {name} in the JSON"))?;
         ensure!(c["error"].is_null(), "{name} stopped: {}", c["error"]);
         let metrics = c["metrics"].as_array().context("no metrics")?;
-        let want: &[u64] = if name == "floor" { &[7] } else { &[1, 2, 3, 4, 5, 6] };
+        let want: &[u64] = if name == "floor" {
+            &[7]
+        } else {
+            &[1, 2, 3, 4, 5, 6]
+        };
         for w in want {
             let with_samples = metrics.iter().any(|m| {
                 m["workload"] == *w && m["samples"].as_array().is_some_and(|s| !s.is_empty())
             });
-            ensure!(with_samples, "{name}: no samples for workload {w}: {metrics:?}");
+            ensure!(
+                with_samples,
+                "{name}: no samples for workload {w}: {metrics:?}"
+            );
         }
         for m in metrics {
             ensure!(
@@ -252,7 +263,10 @@ fn bench_every_workload(backends: &[String]) -> Result<()> {
     // Nothing left: no mounts, no loop devices on its images, no roots.
     let left_mounts = drivers_mount::mounts_under(&work)?;
     ensure!(left_mounts.is_empty(), "mounts left: {left_mounts:?}");
-    let left: Vec<_> = std::fs::read_dir(&work)?.flatten().map(|e| e.path()).collect();
+    let left: Vec<_> = std::fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     ensure!(left.is_empty(), "the bench left {left:?}");
     for e in std::fs::read_dir("/sys/block")?.flatten() {
         if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))

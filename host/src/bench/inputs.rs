@@ -72,7 +72,9 @@ fn open_layer(path: &Path, media_type: &str) -> Result<Box<dyn Read>> {
     let f = std::fs::File::open(path)?;
     Ok(
         if media_type.ends_with("+gzip") || magic[..n.min(2)] == [0x1f, 0x8b] {
-            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))
+            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+                f,
+            )))
         } else if media_type.ends_with("+zstd") || magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
             Box::new(zstd::stream::read::Decoder::new(f)?)
         } else {

@@ -95,7 +95,10 @@ pub fn bench_json_alias(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString
             subcommand_seen = true;
             in_bench = s == "bench";
         } else if in_bench && s == "--json" {
-            if rest.last().is_some_and(|v| !v.to_string_lossy().starts_with('-')) {
+            if rest
+                .last()
+                .is_some_and(|v| !v.to_string_lossy().starts_with('-'))
+            {
                 out.push("--json-file".into());
                 continue;
             }
@@ -260,9 +263,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         std::fs::write(f, text).ctx("write", f)?;
     }
     if let Some(f) = &args.plot {
-        plot::write_svg(&report, f).map_err(|e| {
-            Error::Precondition(format!("could not draw {}: {e:#}", f.display()))
-        })?;
+        plot::write_svg(&report, f)
+            .map_err(|e| Error::Precondition(format!("could not draw {}: {e:#}", f.display())))?;
     }
     Ok(report)
 }

@@ -1,12 +1,13 @@
 //! `--plot FILE.svg`: one small bar chart per workload metric, backends
-//! (and the floor) side by side, each bar the median with a whisker from
-//! the smallest to the largest sample. Lower is better everywhere except
+//! (and the floor) side by side, each bar the median (its value written
+//! on top) with a whisker over the interquartile range. Lower is better everywhere except
 //! throughput, which the panel title says.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::report::{Report, Unit};
 
@@ -20,6 +21,19 @@ const PALETTE: &[RGBColor] = &[
     RGBColor(0x8c, 0x56, 0x4b),
 ];
 const FLOOR: RGBColor = RGBColor(0x99, 0x99, 0x99);
+
+/// A bar's value in three significant digits or so.
+fn short_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
@@ -37,7 +51,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
     title
         .draw(&Text::new(
             format!(
-                "drivers bench: median (bar) and min–max (whisker) of {} runs; lower is better except MB/s",
+                "drivers bench: median (bar, value on top) and interquartile range (whisker), {} runs; lower is better except MB/s",
                 report.plan.reps
             ),
             (10, 20),
@@ -63,7 +77,11 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
             .filter_map(|(i, c)| {
                 let m = c.metric(id)?;
                 let (lo, hi) = m.range()?;
-                let scale = if *unit == Unit::Bytes { 1.0 / (1024.0 * 1024.0) } else { 1.0 };
+                let scale = if *unit == Unit::Bytes {
+                    1.0 / (1024.0 * 1024.0)
+                } else {
+                    1.0
+                };
                 Some((i, m.median()? * scale, lo * scale, hi * scale))
             })
             .collect();
@@ -76,11 +94,18 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
             Unit::Bytes => "MiB",
         };
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{w_no}. {label} ({unit_label})"), ("sans-serif", 14))
+            .caption(
+                format!("{w_no}. {label} ({unit_label})"),
+                ("sans-serif", 14),
+            )
             .margin(8)
             .x_label_area_size(22)
             .y_label_area_size(48)
-            .build_cartesian_2d((0..names.len()).into_segmented(), 0f64..ymax)
+            // A segmented 0..n has n + 1 segments: one per column is 0..n-1.
+            .build_cartesian_2d(
+                (0..names.len().saturating_sub(1).max(1)).into_segmented(),
+                0f64..ymax,
+            )
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -90,7 +115,12 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
                 SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
                 _ => String::new(),
             })
-            .y_label_formatter(&|v| format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_owned())
+            .y_label_formatter(&|v| {
+                format!("{v:.3}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_owned()
+            })
             .label_style(("sans-serif", 11))
             .draw()
             .map_err(err)?;
@@ -104,7 +134,10 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
         chart
             .draw_series(bars.iter().map(|&(i, med, _, _)| {
                 let mut r = Rectangle::new(
-                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), med)],
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), med),
+                    ],
                     colour(i).filled(),
                 );
                 r.set_margin(0, 0, 12, 12);
@@ -114,8 +147,21 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
         chart
             .draw_series(bars.iter().map(|&(i, _, lo, hi)| {
                 PathElement::new(
-                    vec![(SegmentValue::CenterOf(i), lo), (SegmentValue::CenterOf(i), hi)],
+                    vec![
+                        (SegmentValue::CenterOf(i), lo),
+                        (SegmentValue::CenterOf(i), hi),
+                    ],
                     BLACK.stroke_width(2),
+                )
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(bars.iter().map(|&(i, med, _, hi)| {
+                Text::new(
+                    short_value(med),
+                    (SegmentValue::CenterOf(i), med.max(hi) + ymax * 0.02),
+                    TextStyle::from(("sans-serif", 11).into_font())
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )
             }))
             .map_err(err)?;

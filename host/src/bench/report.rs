@@ -85,15 +85,17 @@ impl Metric {
         median(&self.samples)
     }
 
-    /// Smallest and largest sample.
+    /// The first and third quartiles of the samples: the spread shown,
+    /// robust against the odd sample a shared machine throws in.
     pub fn range(&self) -> Option<(f64, f64)> {
-        let min = self.samples.iter().copied().reduce(f64::min)?;
-        let max = self.samples.iter().copied().reduce(f64::max)?;
-        Some((min, max))
+        Some((
+            quantile(&self.samples, 0.25)?,
+            quantile(&self.samples, 0.75)?,
+        ))
     }
 
-    /// `median ±spread%` (spread: half the min–max range, relative to the
-    /// median), or the error.
+    /// `median ±spread%` (spread: half the interquartile range, relative
+    /// to the median), or the error.
     fn cell(&self) -> String {
         match (self.median(), self.range(), &self.error) {
             (_, _, Some(e)) if self.samples.is_empty() => format!("FAILED: {}", first_words(e)),
@@ -113,17 +115,20 @@ impl Metric {
 
 /// The median of `v` (mean of the two middle values for an even count).
 pub fn median(v: &[f64]) -> Option<f64> {
+    quantile(v, 0.5)
+}
+
+/// The `q` quantile of `v`, linearly interpolated between order
+/// statistics (the usual "type 7" definition).
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
 }
 
 /// An error shortened for a table cell.
@@ -205,7 +210,7 @@ impl Report {
         let mut out = crate::cli::table(&h, &rows);
         let p = &self.plan;
         out.push_str(&format!(
-            "\nmedian ±half the min–max range over {} runs; {} containers, {} mount cycles, depths {:?}; \
+            "\nmedian ±half the interquartile range, relative to the median; {} runs; {} containers, {} mount cycles, depths {:?}; \
              image {:.1} MB uncompressed; floor on {}\n",
             p.reps,
             p.containers,

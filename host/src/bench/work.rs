@@ -74,12 +74,16 @@ impl Metrics {
 // The rows of the table: (id, workload, label, unit).
 const IMPORT_S: (&str, u8, &str, Unit) = ("import_s", 1, "import image", Unit::S);
 const IMPORT_MBPS: (&str, u8, &str, Unit) = ("import_mbps", 1, "import throughput", Unit::MbPerS);
-const CREATE_FIRST: (&str, u8, &str, Unit) = ("create_first_ms", 2, "create, first container", Unit::Ms);
-const CREATE_STEADY: (&str, u8, &str, Unit) = ("create_steady_ms", 2, "create, steady state", Unit::Ms);
+const CREATE_FIRST: (&str, u8, &str, Unit) =
+    ("create_first_ms", 2, "create, first container", Unit::Ms);
+const CREATE_STEADY: (&str, u8, &str, Unit) =
+    ("create_steady_ms", 2, "create, steady state", Unit::Ms);
 const MOUNT: (&str, u8, &str, Unit) = ("mount_ms", 3, "mount a container", Unit::Ms);
 const UMOUNT: (&str, u8, &str, Unit) = ("umount_ms", 3, "unmount it", Unit::Ms);
-const WRITE_SMALL: (&str, u8, &str, Unit) = ("write_small_ms", 4, "write 1,000 small files", Unit::Ms);
-const COPY_UP: (&str, u8, &str, Unit) = ("copy_up_ms", 4, "rewrite 1 byte of 100 MiB file", Unit::Ms);
+const WRITE_SMALL: (&str, u8, &str, Unit) =
+    ("write_small_ms", 4, "write 1,000 small files", Unit::Ms);
+const COPY_UP: (&str, u8, &str, Unit) =
+    ("copy_up_ms", 4, "rewrite 1 byte of 100 MiB file", Unit::Ms);
 const DELETE: (&str, u8, &str, Unit) = ("delete_ms", 4, "delete 100 base files", Unit::Ms);
 const COMMIT: (&str, u8, &str, Unit) = ("commit_ms", 4, "commit the files and deletes", Unit::Ms);
 const REMOVE: (&str, u8, &str, Unit) = ("remove_s", 6, "remove containers and image", Unit::S);
@@ -115,14 +119,21 @@ pub fn run_all(
     let (tars, image_bytes) = inputs::uncompressed_layers(image, &scratch.join("layers"))?;
     let mut chains = Vec::new();
     for &d in &plan.depths {
-        chains.push((d, inputs::chain_layout(&scratch.join(format!("chain{d}")), d)?));
+        chains.push((
+            d,
+            inputs::chain_layout(&scratch.join(format!("chain{d}")), d)?,
+        ));
     }
     let mut columns = Vec::new();
     for b in backends {
         check_interrupt()?;
         let t = Instant::now();
         columns.push(run_backend(scratch, b, image, &chains, plan));
-        eprintln!("bench: {} done in {:.0} s", b.name, t.elapsed().as_secs_f64());
+        eprintln!(
+            "bench: {} done in {:.0} s",
+            b.name,
+            t.elapsed().as_secs_f64()
+        );
     }
     check_interrupt()?;
     columns.push(floor(scratch, &tars, image_bytes, plan));
@@ -269,7 +280,9 @@ impl Work<'_> {
     }
 
     fn import(&mut self, name: &str) -> Result<u64> {
-        let done = self.store.import_image(self.image, Some(name), None, &|_| {})?;
+        let done = self
+            .store
+            .import_image(self.image, Some(name), None, &|_| {})?;
         Ok(done.iter().map(|i| i.unpacked_bytes).sum())
     }
 
@@ -349,7 +362,11 @@ impl Work<'_> {
                 Ok((_, took)) if i == 0 => push(self.m, CREATE_FIRST, ms(took)),
                 Ok((_, took)) => steady.push(ms(took)),
                 Err(e) => {
-                    fail(self.m, if i == 0 { CREATE_FIRST } else { CREATE_STEADY }, &e);
+                    fail(
+                        self.m,
+                        if i == 0 { CREATE_FIRST } else { CREATE_STEADY },
+                        &e,
+                    );
                     break;
                 }
             }
@@ -364,7 +381,12 @@ impl Work<'_> {
         }
         let first = self
             .m
-            .get(CREATE_FIRST.0, CREATE_FIRST.1, CREATE_FIRST.2, CREATE_FIRST.3)
+            .get(
+                CREATE_FIRST.0,
+                CREATE_FIRST.1,
+                CREATE_FIRST.2,
+                CREATE_FIRST.3,
+            )
             .samples
             .last()
             .copied()
@@ -442,7 +464,8 @@ impl Work<'_> {
             self.store.create_container("w", "bench-big", None)?;
             let at = self.store.mount_container("w", CALLER)?;
             let victims = base_files(&at.join("usr/share"), self.plan.deletes)?;
-            let (_, t_small) = timed(|| write_small(&at.join("bench-small"), self.plan.small_files))?;
+            let (_, t_small) =
+                timed(|| write_small(&at.join("bench-small"), self.plan.small_files))?;
             let (_, t_del) = timed(|| {
                 for v in &victims {
                     std::fs::remove_file(v).with_context(|| format!("delete {}", v.display()))?;
@@ -458,7 +481,8 @@ impl Work<'_> {
             // above is not dominated by 100 MiB of copied data.
             self.store.create_container("cu", "bench-big", None)?;
             let at = self.store.mount_container("cu", CALLER)?;
-            let (_, t_copy) = timed(|| rewrite_one_byte(&at.join("bench-big"), self.plan.big_file_bytes / 2))?;
+            let (_, t_copy) =
+                timed(|| rewrite_one_byte(&at.join("bench-big"), self.plan.big_file_bytes / 2))?;
             self.store.unmount_container("cu", CALLER, false)?;
             self.store.remove_container("cu", false)?;
 
@@ -633,7 +657,14 @@ fn floor(scratch: &Path, tars: &[PathBuf], image_bytes: u64, plan: &Plan) -> Col
             let (_, t) = timed(|| {
                 for tar in tars {
                     let st = Command::new("tar")
-                        .args(["--same-owner", "--numeric-owner", "-p", "--xattrs", "--xattrs-include=*", "-xf"])
+                        .args([
+                            "--same-owner",
+                            "--numeric-owner",
+                            "-p",
+                            "--xattrs",
+                            "--xattrs-include=*",
+                            "-xf",
+                        ])
                         .arg(tar)
                         .arg("-C")
                         .arg(&tree)
@@ -646,8 +677,16 @@ fn floor(scratch: &Path, tars: &[PathBuf], image_bytes: u64, plan: &Plan) -> Col
                 Ok(())
             })?;
             push(&mut m, IMPORT_S, t.as_secs_f64());
-            push(&mut m, IMPORT_MBPS, image_bytes as f64 / 1e6 / t.as_secs_f64());
-            eprintln!("bench: floor: run {rep}/{}: tar -x {:.2} s", plan.reps, t.as_secs_f64());
+            push(
+                &mut m,
+                IMPORT_MBPS,
+                image_bytes as f64 / 1e6 / t.as_secs_f64(),
+            );
+            eprintln!(
+                "bench: floor: run {rep}/{}: tar -x {:.2} s",
+                plan.reps,
+                t.as_secs_f64()
+            );
 
             let mut steady = Vec::new();
             for i in 0..plan.containers {

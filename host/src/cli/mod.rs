@@ -16,8 +16,8 @@ use crate::config::{self, Config, Paths};
 use crate::content::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
-pub use output::{parse_size, table};
 use output::{Out, short, size, time};
+pub use output::{parse_size, table};
 
 /// Container storage: images, layers and container filesystems on overlay2, vfs, btrfs or zfs.
 #[derive(Debug, Parser)]
