@@ -107,8 +107,9 @@ try() {
 # The line of an engine's stderr that says what went wrong.
 first_error() {
     local all; all=$(grep -v '^$')
+    # Go errors wrap ("a: b: cause"): keep the end of a long line.
     { grep -m1 -iE 'error|fail|denied|exceed|invalid|not supported|no such' <<<"$all" || head -1 <<<"$all"; } |
-        tr -s ' ' | cut -c1-90
+        tr -s ' ' | awk '{ if (length($0) > 110) print "…" substr($0, length($0) - 109); else print }' 
 }
 used_bytes() { sync -f "$1"; df -B1 --output=used "$1" | tail -1 | tr -d ' '; }
 first_read_us() { python3 -c 'import sys,time; t=time.perf_counter(); open(sys.argv[1],"rb").read(); print("%.0f" % ((time.perf_counter()-t)*1e6))' "$1"; }
@@ -226,7 +227,18 @@ containerd_rmi() { "${CT[@]}" images rm --sync bench/debian:bookworm; }
 containerd_create() { "${CT[@]}" containers create --snapshotter "$CS" bench/debian:bookworm "$1"; }
 containerd_mount() {
     mkdir -p "$work/mnt/$1"
-    eval "$("${CT[@]}" snapshots --snapshotter "$CS" mounts "$work/mnt/$1" "$1")" && echo "$work/mnt/$1"
+    local cmd snaps
+    cmd=$("${CT[@]}" snapshots --snapshotter "$CS" mounts "$work/mnt/$1" "$1") || return 1
+    # ctr prints absolute lowerdirs, which past ~40 layers overflow the
+    # 4096 bytes mount(2) takes; containerd itself mounts from inside the
+    # snapshots directory with relative ones (compactLowerdirOption). Same.
+    snaps="$fsdir/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/"
+    if [ "$CS" = overlayfs ]; then
+        (cd "$snaps" && eval "${cmd//$snaps/}") || return 1
+    else
+        eval "$cmd" || return 1
+    fi
+    echo "$work/mnt/$1"
 }
 containerd_umount() { umount "$work/mnt/$1"; }
 containerd_prepare_write() { containerd_create "$1" >/dev/null && containerd_mount "$1"; }
@@ -299,11 +311,11 @@ run_engine() {
         fi
         # Workload 4: changes made outside the timing, then the commit.
         local at
-        if at=$("${e}_prepare_write" w 2>"$work/err"); then
+        if at=$("${e}_prepare_write" writer 2>"$work/err"); then
             [ "$e" = docker ] || sh "$work/writer.sh" "$(echo "$at" | tail -1)"
-            "${e}_finish_write" w >/dev/null 2>&1 || true
+            "${e}_finish_write" writer >/dev/null 2>&1 || true
             t=$(now)
-            if try "$k/commit" "${e}_commit" w; then com+=("$(ms_since "$t")"); fi
+            if try "$k/commit" "${e}_commit" writer; then com+=("$(ms_since "$t")"); fi
         else
             cell[$k/commit]="FAILED: $(first_error <"$work/err")"
         fi
