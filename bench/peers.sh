@@ -363,7 +363,7 @@ for fs in $filesystems; do
     btrfs)
         fsdir=$work/fs-btrfs; mkdir -p "$fsdir"
         truncate -s 16G "$work/btrfs.img"
-        mkfs.btrfs -q "$work/btrfs.img"
+        mkfs.btrfs -q "$work/btrfs.img" >/dev/null
         loopdev=$(losetup -f --show "$work/btrfs.img")
         mount -o noatime "$loopdev" "$fsdir"
         # drivers' btrfs backend needs quotas for its usage figures.
