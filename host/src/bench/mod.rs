@@ -312,3 +312,38 @@ fn choose_backends(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bench_json_alias;
+
+    fn alias(args: &[&str]) -> Vec<String> {
+        bench_json_alias(args.iter().map(|a| a.into()).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn json_with_a_value_after_bench_is_the_bench_file() {
+        assert_eq!(
+            alias(&["drivers", "bench", "--quick", "--json", "out.json"]),
+            ["drivers", "bench", "--quick", "--json-file", "out.json"]
+        );
+        assert_eq!(
+            alias(&["drivers", "--root", "/r", "bench", "--json=x.json"]),
+            ["drivers", "--root", "/r", "bench", "--json-file=x.json"]
+        );
+    }
+
+    #[test]
+    fn bare_json_and_other_commands_are_left_alone() {
+        let same = |a: &[&str]| assert_eq!(alias(a), a);
+        same(&["drivers", "--json", "bench", "--quick"]);
+        same(&["drivers", "bench", "--json", "--quick"]);
+        same(&["drivers", "bench", "--json"]);
+        same(&["drivers", "image", "ls", "--json"]);
+        // A global option's value named "bench" is not the subcommand.
+        same(&["drivers", "--root", "bench", "image", "--json", "ls"]);
+    }
+}

@@ -242,3 +242,31 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Metric, Unit, median, quantile};
+
+    #[test]
+    fn quantiles_interpolate() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.25), Some(2.0));
+        assert_eq!(quantile(&[1.0, 2.0], 0.75), Some(1.75));
+    }
+
+    #[test]
+    fn cells_show_median_spread_and_failures() {
+        let mut m = Metric::new("x", 1, "x", Unit::Ms);
+        assert_eq!(m.cell(), "-");
+        m.samples = vec![10.0, 12.0, 14.0];
+        // IQR 11..13 around 12: ±1/12.
+        assert_eq!(m.cell(), "12.0 ±8%");
+        m.error = Some("boom".into());
+        assert_eq!(m.cell(), "12.0 ±8% (partial)");
+        let mut f = Metric::new("y", 5, "y", Unit::Us);
+        f.error = Some("layer 501 of a chain: too deep".into());
+        assert_eq!(f.cell(), "FAILED: layer 501 of a chain: too deep");
+    }
+}
