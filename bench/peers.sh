@@ -43,6 +43,11 @@ work_parent=${WORK_DIR:-/var/tmp}
 work=$(mktemp -d "$work_parent/drivers-peers.XXXXXX")
 pids=()
 loopdev=""
+# What the engines create outside their private roots (state they keep
+# whatever the flags): removed at the end unless it was there before.
+outside=(/etc/docker/key.json /run/docker /run/containerd /run/libpod /var/lib/containers/cache)
+created=()
+for p in "${outside[@]}"; do [ -e "$p" ] || created+=("$p"); done
 
 cleanup() {
     set +e
@@ -60,6 +65,7 @@ cleanup() {
     done
     [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
     rm -rf "$work"
+    for p in "${created[@]}"; do rm -rf "$p"; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
