@@ -48,6 +48,13 @@ fn main() {
     if let Gate::Ignore(why) = &gate {
         eprintln!("bench: ignored: {why}");
     }
+    let (g2, p2) = (gate.clone(), problems.clone());
+    // A loopback btrfs makes the interrupted run leave the most behind.
+    let victim = if run.iter().any(|b| b == "btrfs") {
+        "btrfs"
+    } else {
+        "overlay2"
+    };
     let trial = Trial::test("bench::quick_every_workload", move || {
         if let Gate::Fail(why) | Gate::Ignore(why) = &gate {
             return Err(Failed::from(why.clone()));
@@ -58,7 +65,17 @@ fn main() {
         bench_every_workload(&run).map_err(|e| Failed::from(format!("{e:#}")))
     })
     .with_ignored_flag(ignored);
-    libtest_mimic::run(&args, vec![trial]).exit();
+    let interrupted = Trial::test("bench::ctrl_c_leaves_nothing", move || {
+        if let Gate::Fail(why) | Gate::Ignore(why) = &g2 {
+            return Err(Failed::from(why.clone()));
+        }
+        if !p2.is_empty() {
+            return Err(Failed::from(p2.join("; ")));
+        }
+        ctrl_c_leaves_nothing(victim).map_err(|e| Failed::from(format!("{e:#}")))
+    })
+    .with_ignored_flag(ignored);
+    libtest_mimic::run(&args, vec![trial, interrupted]).exit();
 }
 
 /// A scratch directory under /tmp, removed (after unmounting anything the
@@ -146,6 +163,76 @@ fn small_image(dir: &Path) -> Result<PathBuf> {
         Ok(())
     })?;
     Ok(oci)
+}
+
+/// SIGINT in the middle of a run (containers created, mounts possible):
+/// exit 1 with one `error:` line, and no mount, loop device or root left.
+fn ctrl_c_leaves_nothing(backend: &str) -> Result<()> {
+    use std::io::BufRead;
+    let tmp = Path::new("/tmp").join(format!(
+        "{}bench-int-{}",
+        harness::TMP_PREFIX,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp)?;
+    let scratch = Scratch(tmp.clone());
+    let image = small_image(&tmp.join("image"))?;
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work)?;
+    let mut child = Command::new(harness::bin())
+        .args(["--root"])
+        .arg(tmp.join("unused-root"))
+        .args(["bench", "--quick", "--backends", backend])
+        .arg("--image")
+        .arg(&image)
+        .arg("--work-dir")
+        .arg(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start drivers bench")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    // Once the backend is mid-way: containers made, its root mounted.
+    for l in lines.by_ref() {
+        let l = l?;
+        seen.push(l.clone());
+        if l.contains("created") {
+            break;
+        }
+    }
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
+    let rest: Vec<String> = lines.map_while(std::result::Result::ok).collect();
+    let status = child.wait()?;
+    seen.extend(rest);
+    let text = seen.join("\n");
+    ensure!(
+        status.code() == Some(1),
+        "an interrupted bench should exit 1, got {status}:\n{text}"
+    );
+    ensure!(
+        seen.iter().filter(|l| l.starts_with("error:")).count() == 1
+            && text.contains("interrupted"),
+        "expected one `error: … interrupted` line:\n{text}"
+    );
+    let left_mounts = drivers_mount::mounts_under(&work)?;
+    ensure!(left_mounts.is_empty(), "mounts left: {left_mounts:?}");
+    let left: Vec<_> = std::fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ensure!(left.is_empty(), "the interrupted bench left {left:?}");
+    for e in std::fs::read_dir("/sys/block")?.flatten() {
+        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && f.starts_with(&*work.to_string_lossy())
+        {
+            bail!("loop device {:?} still bound to {f}", e.file_name());
+        }
+    }
+    drop(scratch);
+    Ok(())
 }
 
 fn bench_every_workload(backends: &[String]) -> Result<()> {
