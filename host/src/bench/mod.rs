@@ -207,6 +207,11 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         Some(p) => p.clone(),
         None => inputs::default_image()?,
     };
+    // Checked before anything is made, so a wrong path costs nothing.
+    inputs::layer_blobs(&image).map_err(|e| Error::BadImage {
+        source_desc: format!("bench image {}", image.display()),
+        reason: format!("{e:#}"),
+    })?;
     for out in [&args.json_file, &args.plot].into_iter().flatten() {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()

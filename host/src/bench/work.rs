@@ -347,7 +347,7 @@ impl Work<'_> {
         let mut made = 0;
         for i in 0..self.plan.containers {
             check_interrupt()?;
-            let (_, free) = fs_bytes_free_only(self.backing)?;
+            let free = free_bytes(self.backing)?;
             if free < KEEP_FREE {
                 let e = anyhow::anyhow!(
                     "stopped after {i} containers: {} MiB left free on {}",
@@ -558,9 +558,9 @@ impl Work<'_> {
 }
 
 /// Free bytes on the filesystem of `dir`, without flushing it.
-fn fs_bytes_free_only(dir: &Path) -> Result<(u64, u64)> {
+fn free_bytes(dir: &Path) -> Result<u64> {
     let st = rustix::fs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
-    Ok((0, st.f_bavail * st.f_frsize))
+    Ok(st.f_bavail * st.f_frsize)
 }
 
 /// Writes `len` bytes of a non-repeating pattern (no filesystem can
