@@ -7,6 +7,7 @@
 //! this build has.
 
 pub mod backends;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod containers;

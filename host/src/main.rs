@@ -39,7 +39,9 @@ fn error_line(e: &drivers_host::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(drivers_host::bench::bench_json_alias(
+        std::env::args_os().collect(),
+    ));
     init_logging(&cli);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,8 +17,8 @@ use crate::config::{self, Config, Paths};
 use crate::content::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
-pub use output::parse_size;
-use output::{Out, short, size, table, time};
+use output::{Out, short, size, time};
+pub use output::{parse_size, table};
 
 /// Container storage: images, layers and container filesystems on overlay2, vfs, btrfs or zfs.
 #[derive(Debug, Parser)]
@@ -91,6 +91,8 @@ pub enum Command {
     /// Container size limits and write checks by the quota plugin.
     #[command(subcommand)]
     Quota(policy::QuotaCmd),
+    /// Measure every usable backend on the same workloads, side by side (needs root).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `drivers image …`
@@ -275,6 +277,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => policy::gc(&paths, &out, a),
         Command::Dedup(a) => policy::dedup(&paths, &out, a),
         Command::Quota(c) => policy::quota(&paths, &out, c),
+        Command::Bench(a) => {
+            let report = crate::bench::run(&a)?;
+            out.emit(&report, || report.table())
+        }
     }
 }
 
