@@ -143,9 +143,11 @@ drivers_prepare_write() { "${D[@]}" container create "$1" --image bench >/dev/nu
 drivers_finish_write() { "${D[@]}" container umount "$1"; }
 drivers_commit() { "${D[@]}" container commit "$1" --name "bench-$1"; }
 drivers_rm_all() {
-    for c in $("${D[@]}" --json container ls | python3 -c 'import json,sys; print(" ".join(c["name"] for c in json.load(sys.stdin)))'); do
-        "${D[@]}" container rm --force "$c" >/dev/null
-    done
+    local cs
+    cs=$("${D[@]}" --json container ls | python3 -c 'import json,sys; print(" ".join(c["name"] for c in json.load(sys.stdin)))')
+    # One call for all, as the peers are given every id at once.
+    # shellcheck disable=SC2086
+    [ -z "$cs" ] || "${D[@]}" container rm --force $cs >/dev/null
     for i in $("${D[@]}" --json image ls | python3 -c 'import json,sys; print(" ".join(i["name"] for i in json.load(sys.stdin)))'); do
         "${D[@]}" image rm "$i" >/dev/null
     done

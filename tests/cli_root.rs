@@ -1534,6 +1534,27 @@ fn reset(backend: &str) -> Result<()> {
     w.ok(&["image", "import", s(&inputs::umoci_insert_layout())])?;
     w.ok(&["container", "create", "rc", "--image", "latest"])?;
     let m = w.mount("rc", None)?;
+    // `container rm` of several: each tried, the failure named in one line.
+    w.ok(&["container", "create", "x1", "--image", "latest"])?;
+    w.ok(&["container", "create", "x2", "--image", "latest"])?;
+    let line = w.run(&["container", "rm", "x1", "nope", "x2"])?.failure()?;
+    ensure!(line == "error: container nope not found", "{line}");
+    let line = w.run(&["container", "rm", "x1", "rc"])?.failure()?;
+    ensure!(
+        line.starts_with("error: cannot remove container rc: it is in use"),
+        "{line}"
+    );
+    ensure!(w.json(&["container", "ls"])?.as_array().map(Vec::len) == Some(3));
+    let v = w.json(&["container", "rm", "x1", "x2"])?;
+    ensure!(
+        v == serde_json::json!([{ "removed": "x1" }, { "removed": "x2" }]),
+        "{v}"
+    );
+    let names = w.json(&["container", "ls"])?;
+    ensure!(
+        names.as_array().map(Vec::len) == Some(1) && names[0]["name"] == "rc",
+        "{names}"
+    );
     let before = w.json(&["layer", "ls"])?;
 
     let line = w.run(&["reset", backend])?.failure()?;

@@ -209,10 +209,11 @@ pub enum ContainerCmd {
         #[arg(long = "name", value_name = "IMAGE")]
         image: String,
     },
-    /// Remove a container.
+    /// Remove containers.
     Rm {
-        /// The container.
-        name: String,
+        /// The containers (one or more).
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
         /// Unmount it first if mounted.
         #[arg(long)]
         force: bool,
@@ -734,11 +735,53 @@ fn container(paths: &Paths, out: &Out, cmd: ContainerCmd) -> Result<()> {
                 format!("{} ({})\n", i.name, short(&i.manifest_digest))
             })
         }
-        ContainerCmd::Rm { name, force } => {
-            store.remove_container(&name, force)?;
-            out.emit(&serde_json::json!({ "removed": name }), || {
-                format!("removed container {name}\n")
-            })
+        ContainerCmd::Rm { names, force } => {
+            // Several names: all are checked before any is removed, so a
+            // typo or a mounted container removes nothing; each removal is
+            // then its own transaction.
+            if names.len() > 1 {
+                for name in &names {
+                    let c = store.container(name, false)?;
+                    if !force && !c.mounted_by.is_empty() {
+                        return Err(Error::InUse {
+                            what: "container",
+                            name: name.clone(),
+                            by: format!("its mount (held by {})", c.mounted_by.join(", ")),
+                        });
+                    }
+                }
+            }
+            let mut removed: Vec<&String> = Vec::new();
+            for name in &names {
+                if let Err(e) = store.remove_container(name, force) {
+                    return Err(if removed.is_empty() {
+                        e
+                    } else {
+                        Error::Precondition(format!(
+                            "removed {} of {} containers, then {name}: {e}",
+                            removed.len(),
+                            names.len()
+                        ))
+                    });
+                }
+                removed.push(name);
+            }
+            let text = || {
+                removed
+                    .iter()
+                    .map(|n| format!("removed container {n}\n"))
+                    .collect::<String>()
+            };
+            match removed.as_slice() {
+                [one] => out.emit(&serde_json::json!({ "removed": one }), text),
+                _ => out.emit(
+                    &removed
+                        .iter()
+                        .map(|n| serde_json::json!({ "removed": n }))
+                        .collect::<Vec<_>>(),
+                    text,
+                ),
+            }
         }
         ContainerCmd::Ls { size: with_size } => {
             let cs = store.containers(with_size)?;
