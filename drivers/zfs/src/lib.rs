@@ -59,6 +59,7 @@
 //! `refquota`; writing past it fails with EDQUOT (zfs-fuse too).
 
 mod daemon;
+mod fuse;
 #[cfg(feature = "lzc")]
 mod lzc;
 mod ops;
@@ -267,9 +268,10 @@ impl Zfs {
     /// leftover name under the parent); returns whether it existed.
     fn destroy(&self, name: &str) -> Result<bool> {
         let mp = self.mountpoint(name);
-        // zfs-fuse answers a destroy of a mounted dataset with "busy" while
-        // its FUSE mount goes away; unmounting first avoids that.
-        drivers_mount::unmount(&mp)?;
+        // Unmounted here rather than by `zfs destroy`: with zfs-fuse only
+        // after the daemon answered every request of the mount (see
+        // `fuse`), and the destroy is then not answered "busy".
+        fuse::unmount(&mp)?;
         let existed = self.ops.destroy(&self.dataset(name))?;
         match std::fs::remove_dir(&mp) {
             Ok(()) => {}
