@@ -139,7 +139,7 @@ pub(crate) fn run(program: &str, args: &[&str], what: &'static str, id: &str) ->
             .to_owned();
         match classify(&stderr) {
             Failure::Busy if std::time::Instant::now() < busy_until => {
-                tracing::debug!(backend = crate::NAME, command = %shown, ?pause, "busy; trying again");
+                tracing::debug!(target: "drivers_zfs::spawn", command = %shown, ?pause, "busy; trying again");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(BUSY_PAUSE_MAX);
                 continue;
