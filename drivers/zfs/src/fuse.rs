@@ -44,6 +44,18 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two looks at the kernel's or the daemon's state.
 const POLL: Duration = Duration::from_millis(2);
 
+/// How long an unmount answered `EBUSY` is tried again. Only drivers uses
+/// a dataset's own mount point (users get binds of it), so there `EBUSY`
+/// comes from drivers itself: a child that another thread of the process
+/// has forked but not yet exec'd holds a copy of every open descriptor,
+/// those of a layer just written included, until it execs — and the zfs
+/// backend starts many children (seen in the test suites, which run cases
+/// in threads).
+const BUSY_FOR: Duration = Duration::from_secs(5);
+
+/// Pause before trying an `EBUSY` unmount again.
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
+
 /// Unmounts `target` (every mount stacked there); a zfs-fuse mount only
 /// once zfs-fuse has answered all its requests (see the module docs). A
 /// target that is not mounted is fine.
@@ -62,10 +74,22 @@ pub(crate) fn unmount(target: &Path) -> Result<()> {
     }
     let dev = rustix::fs::stat(target).ctx("inspect", target)?.st_dev;
     let conn = connection(dev);
-    wait_answered(&conn, target)?;
     let daemon = daemon::running_pid();
-    let sessions = daemon.map(fuse_fds);
-    drivers_mount::unmount(target)?;
+    let busy_until = Instant::now() + BUSY_FOR;
+    let sessions = loop {
+        wait_answered(&conn, target)?;
+        let sessions = daemon.map(fuse_fds);
+        match drivers_mount::unmount(target) {
+            Ok(()) => break sessions,
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
+                    && Instant::now() < busy_until =>
+            {
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+    };
     // Only when the filesystem itself went away (not just one bind of it)
     // does the daemon end the session.
     if let (Some(pid), Some(before)) = (daemon, sessions)

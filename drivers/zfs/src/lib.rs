@@ -30,7 +30,9 @@
 //! dataset's mountpoint (format [`ApplyFormat::Full`]: a clone already
 //! holds its parent's tree, so whiteouts delete), and diffs compare two
 //! mountpoints. The same layout is used with the kernel module, so one
-//! store works with either.
+//! store works with either. drivers itself unmounts a dataset before
+//! destroying it, with zfs-fuse only once the daemon has answered every
+//! FUSE request of it: see `fuse` for the hang that avoids.
 //!
 //! # Talking to ZFS, and what it costs
 //!

@@ -35,6 +35,7 @@ impl Flavour {
 pub(crate) struct Facts {
     pub root: bool,
     pub dev_zfs: bool,
+    pub dev_fuse: bool,
     pub zfs_fuse_installed: bool,
     pub daemon_running: bool,
     pub zfs_cmd: bool,
@@ -46,6 +47,7 @@ impl Facts {
         Facts {
             root: rustix::process::geteuid().is_root(),
             dev_zfs: Flavour::detect() == Flavour::Kernel,
+            dev_fuse: Path::new("/dev/fuse").exists(),
             zfs_fuse_installed: ops::tool("zfs-fuse").is_some(),
             daemon_running: daemon::running_pid().is_some(),
             zfs_cmd: ops::tool("zfs").is_some(),
@@ -72,6 +74,12 @@ pub(crate) fn decide(f: &Facts, config: Option<&Config>) -> Availability {
             INSTALL_HINT,
         );
     }
+    if !f.dev_zfs && !f.dev_fuse {
+        return no(
+            "there is no /dev/zfs (the zfs kernel module is not loaded), and zfs-fuse cannot run without /dev/fuse (the fuse kernel module)".into(),
+            "load the fuse module (`modprobe fuse`), or the zfs kernel module",
+        );
+    }
     let missing: Vec<&str> = [("zfs", f.zfs_cmd), ("zpool", f.zpool_cmd)]
         .iter()
         .filter(|(_, ok)| !ok)
@@ -85,8 +93,13 @@ pub(crate) fn decide(f: &Facts, config: Option<&Config>) -> Availability {
         };
         return no(
             format!(
-                "ZFS is here through {via}, but the `{}` command is missing",
-                missing.join("` and `")
+                "ZFS is here through {via}, but the `{}` {} missing",
+                missing.join("` and `"),
+                if missing.len() == 1 {
+                    "command is"
+                } else {
+                    "commands are"
+                }
             ),
             INSTALL_HINT,
         );
@@ -140,6 +153,7 @@ mod tests {
         Facts {
             root: true,
             dev_zfs: false,
+            dev_fuse: true,
             zfs_fuse_installed: true,
             daemon_running: false,
             zfs_cmd: true,
@@ -175,6 +189,13 @@ mod tests {
             ),
             (
                 Facts {
+                    dev_fuse: false,
+                    ..fuse_ok()
+                },
+                "zfs-fuse cannot run without /dev/fuse (the fuse kernel module)",
+            ),
+            (
+                Facts {
                     zpool_cmd: false,
                     ..fuse_ok()
                 },
@@ -188,7 +209,7 @@ mod tests {
                     zpool_cmd: false,
                     ..fuse_ok()
                 },
-                "through the zfs kernel module, but the `zfs` and `zpool` command is missing",
+                "through the zfs kernel module, but the `zfs` and `zpool` commands are missing",
             ),
         ];
         for (facts, want) in t {
