@@ -30,7 +30,7 @@ use crate::{NAME, daemon};
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
 /// `statfs` magic of FUSE filesystems (`include/uapi/linux/magic.h`).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const FUSE_SUPER_MAGIC: rustix::fs::FsWord = 0x6573_5546;
 
 /// How long zfs-fuse may take to answer a connection's outstanding
 /// requests. Generous: under write pressure every daemon thread can wait
@@ -68,7 +68,7 @@ pub(crate) fn unmount(target: &Path) -> Result<()> {
     if !drivers_mount::is_mountpoint(target)? {
         return Ok(());
     }
-    let fuse = rustix::fs::statfs(target).ctx("inspect", target)?.f_type as i64 == FUSE_SUPER_MAGIC;
+    let fuse = rustix::fs::statfs(target).ctx("inspect", target)?.f_type == FUSE_SUPER_MAGIC;
     if !fuse {
         return drivers_mount::unmount(target);
     }
