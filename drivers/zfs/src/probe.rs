@@ -38,6 +38,7 @@ pub(crate) struct Facts {
     pub dev_fuse: bool,
     pub zfs_fuse_installed: bool,
     pub daemon_running: bool,
+    pub daemon_xattrs: bool,
     pub zfs_cmd: bool,
     pub zpool_cmd: bool,
 }
@@ -50,6 +51,7 @@ impl Facts {
             dev_fuse: Path::new("/dev/fuse").exists(),
             zfs_fuse_installed: ops::tool("zfs-fuse").is_some(),
             daemon_running: daemon::running_pid().is_some(),
+            daemon_xattrs: daemon::running_pid().is_some_and(daemon::xattrs_enabled),
             zfs_cmd: ops::tool("zfs").is_some(),
             zpool_cmd: ops::tool("zpool").is_some(),
         }
@@ -78,6 +80,12 @@ pub(crate) fn decide(f: &Facts, config: Option<&Config>) -> Availability {
         return no(
             "there is no /dev/zfs (the zfs kernel module is not loaded), and zfs-fuse cannot run without /dev/fuse (the fuse kernel module)".into(),
             "load the fuse module (`modprobe fuse`), or the zfs kernel module",
+        );
+    }
+    if !f.dev_zfs && f.daemon_xattrs {
+        return no(
+            "the zfs-fuse daemon runs with --enable-xattr (or enable-xattr in /etc/zfs/zfsrc): extended attributes written with it are missing in clones of the dataset, and the daemon hung in drivers' tests".into(),
+            "restart zfs-fuse without --enable-xattr; layers with xattrs are then refused, or unpacked without them with xattrs = \"drop\" in [backends.zfs]",
         );
     }
     let missing: Vec<&str> = [("zfs", f.zfs_cmd), ("zpool", f.zpool_cmd)]
@@ -156,6 +164,7 @@ mod tests {
             dev_fuse: true,
             zfs_fuse_installed: true,
             daemon_running: false,
+            daemon_xattrs: false,
             zfs_cmd: true,
             zpool_cmd: true,
         }
@@ -186,6 +195,14 @@ mod tests {
                     ..fuse_ok()
                 },
                 "no /dev/zfs (the zfs kernel module is not loaded) and zfs-fuse is not installed",
+            ),
+            (
+                Facts {
+                    daemon_running: true,
+                    daemon_xattrs: true,
+                    ..fuse_ok()
+                },
+                "the zfs-fuse daemon runs with --enable-xattr",
             ),
             (
                 Facts {
