@@ -594,14 +594,24 @@ fn teardown(base: &Path, root: &Path) -> Vec<String> {
             }
         }
     }
-    // Whatever is still mounted below base: deepest first, lazily if busy.
+    // Whatever is still mounted below base: deepest first, lazily if busy,
+    // except a FUSE mount: detaching a zfs-fuse dataset whose files are
+    // open hangs the daemon (see `drivers_zfs`); base is kept then.
     let mut left = mounts_under(base).unwrap_or_default();
     left.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     for m in left {
-        if rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty()).is_err()
-            && let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH)
-        {
-            problems.push(format!("unmount {}: {e}", m.display()));
+        if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty()) {
+            if drivers_it::fixture::is_fuse(&m) {
+                problems.push(format!(
+                    "unmount {}: {e}; keeping {}",
+                    m.display(),
+                    base.display()
+                ));
+                return problems;
+            }
+            if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
+                problems.push(format!("unmount {}: {e}", m.display()));
+            }
         }
     }
     if let Err(e) = std::fs::remove_dir_all(base)

@@ -49,16 +49,37 @@ pub fn expected_tricky_on(backend: &str) -> Result<Vec<String>> {
                 "expected-rootfs.txt changed: {l:?} is {}in ZFS_FUSE_XATTR_LINES",
                 if pinned { "" } else { "not " }
             );
-            // Not filter_details: an xattr value may hold a space.
-            Ok(match (pinned, l.find(" xattrs{")) {
-                (true, Some(start)) => match l[start..].find('}') {
-                    Some(end) => format!("{}{}", &l[..start], &l[start + end + 1..]),
-                    None => l,
-                },
-                _ => l,
-            })
+            Ok(if pinned { strip_xattrs(&l) } else { l })
         })
         .collect()
+}
+
+/// A listing of an unpack elsewhere (umoci on the host's filesystem) as
+/// `backend` could hold it here: on zfs-fuse, the lines of
+/// [`ZFS_FUSE_XATTR_LINES`] without their `xattrs{…}` token.
+pub fn as_held_on(backend: &str, lines: Vec<String>) -> Vec<String> {
+    if backend != "zfs" || drivers_zfs::stores_xattrs() {
+        return lines;
+    }
+    lines
+        .into_iter()
+        .map(|l| match ZFS_FUSE_XATTR_LINES.contains(&path_of(&l)) {
+            true => strip_xattrs(&l),
+            false => l,
+        })
+        .collect()
+}
+
+/// `line` without its ` xattrs{…}` token. Not `filter_details`: an xattr
+/// value may hold a space.
+fn strip_xattrs(line: &str) -> String {
+    match line.find(" xattrs{") {
+        Some(start) => match line[start..].find('}') {
+            Some(end) => format!("{}{}", &line[..start], &line[start + end + 1..]),
+            None => line.to_owned(),
+        },
+        None => line.to_owned(),
+    }
 }
 
 /// The lines of oci-tricky zfs-fuse cannot represent: its files with

@@ -627,11 +627,23 @@ impl Drop for Fixture {
     }
 }
 
+/// Whether `path` is on a FUSE filesystem (zfs-fuse's datasets are).
+pub fn is_fuse(path: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: rustix::fs::FsWord = 0x6573_5546;
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC)
+}
+
 /// Unmounts everything under `root` (deepest first), then deletes it. If
 /// something stays mounted the root is kept, never deleted through a mount.
+/// A busy FUSE mount is kept rather than detached: detaching a zfs-fuse
+/// dataset whose files are open hangs the daemon (see `drivers_zfs`).
 pub fn remove_root(root: &Path) {
     for m in drivers_mount::mounts_under(root).unwrap_or_default() {
         if let Err(e) = unmount_settled(&m) {
+            if is_fuse(&m) {
+                eprintln!("drivers-it: unmount {}: {e}; keeping it", m.display());
+                continue;
+            }
             eprintln!("drivers-it: unmount {}: {e}; detaching it", m.display());
             let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
         }

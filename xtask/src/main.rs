@@ -38,8 +38,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Backends CI promises to cover: a test of one that cannot run fails.
-// zfs joins once it is registered in drivers_host::backends::BACKENDS.
-const REQUIRED_BACKENDS: &str = "vfs,overlay2,btrfs";
+const REQUIRED_BACKENDS: &str = "vfs,overlay2,btrfs,zfs";
 
 /// Cargo features CI builds, lints and tests with: the zfs backend's
 /// libzfs_core path (compiled and unit-tested; on these machines, without

@@ -45,6 +45,28 @@ pub(crate) fn running_pid() -> Option<i32> {
         .find(|pid| is_zfs_fuse(*pid))
 }
 
+/// The file zfs-fuse reads its options from.
+const ZFSRC: &str = "/etc/zfs/zfsrc";
+
+/// Whether the zfs-fuse daemon `pid` stores extended attributes: started
+/// with `-x`/`--enable-xattr`, or with `enable-xattr` in [`ZFSRC`].
+pub(crate) fn xattrs_enabled(pid: i32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let flag = cmdline
+        .split(|&b| b == 0)
+        .any(|a| a == b"-x" || a == b"--enable-xattr");
+    flag || std::fs::read_to_string(ZFSRC).is_ok_and(|rc| zfsrc_enables_xattrs(&rc))
+}
+
+/// Whether a zfsrc text has an active `enable-xattr` line.
+fn zfsrc_enables_xattrs(rc: &str) -> bool {
+    rc.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .any(|l| {
+            l == "enable-xattr" || l.starts_with("enable-xattr ") || l.starts_with("enable-xattr=")
+        })
+}
+
 fn is_zfs_fuse(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "zfs-fuse")
 }
@@ -155,4 +177,21 @@ pub(crate) fn stop_if_ours_and_idle(_lock: &Lock) -> Result<bool> {
         "stopped the zfs-fuse daemon drivers had started"
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only an uncommented `enable-xattr` turns xattrs on (Debian's zfsrc
+    /// ships it commented out).
+    #[test]
+    fn zfsrc_xattr_option() {
+        assert!(!zfsrc_enables_xattrs(
+            "# enable-xattr: uncomment this\n#\n# enable-xattr\nmax-arc-size = 100\n"
+        ));
+        assert!(zfsrc_enables_xattrs("max-arc-size = 100\nenable-xattr\n"));
+        assert!(zfsrc_enables_xattrs("  enable-xattr   # on\n"));
+        assert!(!zfsrc_enables_xattrs("enable-xattrs-later\n"));
+    }
 }

@@ -30,7 +30,9 @@
 //! dataset's mountpoint (format [`ApplyFormat::Full`]: a clone already
 //! holds its parent's tree, so whiteouts delete), and diffs compare two
 //! mountpoints. The same layout is used with the kernel module, so one
-//! store works with either.
+//! store works with either. drivers itself unmounts a dataset before
+//! destroying it, with zfs-fuse only once the daemon has answered every
+//! FUSE request of it: see `fuse` for the hang that avoids.
 //!
 //! # Talking to ZFS, and what it costs
 //!
@@ -59,6 +61,7 @@
 //! `refquota`; writing past it fails with EDQUOT (zfs-fuse too).
 
 mod daemon;
+mod fuse;
 #[cfg(feature = "lzc")]
 mod lzc;
 mod ops;
@@ -134,7 +137,10 @@ impl Config {
 }
 
 /// Whether the ZFS on this machine stores extended attributes: the kernel
-/// module does, zfs-fuse does not.
+/// module does, zfs-fuse does not. (A zfs-fuse daemon started with
+/// `--enable-xattr` accepts them, but they were missing in clones of the
+/// dataset and the daemon hung in the CLI tests; the probe refuses such a
+/// daemon.)
 pub fn stores_xattrs() -> bool {
     probe::Flavour::detect() == probe::Flavour::Kernel
 }
@@ -267,9 +273,10 @@ impl Zfs {
     /// leftover name under the parent); returns whether it existed.
     fn destroy(&self, name: &str) -> Result<bool> {
         let mp = self.mountpoint(name);
-        // zfs-fuse answers a destroy of a mounted dataset with "busy" while
-        // its FUSE mount goes away; unmounting first avoids that.
-        drivers_mount::unmount(&mp)?;
+        // Unmounted here rather than by `zfs destroy`: with zfs-fuse only
+        // after the daemon answered every request of the mount (see
+        // `fuse`), and the destroy is then not answered "busy".
+        fuse::unmount(&mp)?;
         let existed = self.ops.destroy(&self.dataset(name))?;
         match std::fs::remove_dir(&mp) {
             Ok(()) => {}

@@ -25,12 +25,17 @@ pub fn spawn_count() -> u64 {
     SPAWNS.load(Ordering::Relaxed)
 }
 
-/// Tries of a command that failed with "busy": zfs-fuse answers a destroy
-/// right after an unmount with EBUSY until its FUSE session has let go.
-const BUSY_TRIES: u32 = 20;
+/// How long a command that failed with "busy" is retried: zfs-fuse
+/// answers a destroy right after an unmount with EBUSY until its FUSE
+/// session has let go (usually within 0.1 s; longer under load).
+const BUSY_FOR: Duration = Duration::from_secs(15);
 
-/// Pause between two tries of a busy command.
-const BUSY_PAUSE: Duration = Duration::from_millis(50);
+/// First pause before trying a busy command again; it doubles up to
+/// [`BUSY_PAUSE_MAX`].
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Longest pause between two tries of a busy command.
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// One child dataset of the layer dataset, as `zfs list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +101,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Runs `program args…` and returns its standard output. A "busy" failure
-/// is retried (see [`BUSY_TRIES`]); other failures become
+/// is retried (see [`BUSY_FOR`]); other failures become
 /// [`Error::Command`], or `NotFound`/`AlreadyExists` when the message says
 /// so (`what`/`id` name the object for those).
 pub(crate) fn run(program: &str, args: &[&str], what: &'static str, id: &str) -> Result<String> {
@@ -106,9 +111,9 @@ pub(crate) fn run(program: &str, args: &[&str], what: &'static str, id: &str) ->
         hint: Some(crate::probe::INSTALL_HINT.into()),
     })?;
     let shown = format!("{program} {}", args.join(" "));
-    let mut tries = 0;
+    let busy_until = std::time::Instant::now() + BUSY_FOR;
+    let mut pause = BUSY_PAUSE;
     loop {
-        tries += 1;
         let n = SPAWNS.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(target: "drivers_zfs::spawn", spawns = n, command = %shown, "zfs spawn");
         let out = Command::new(&exe)
@@ -133,8 +138,10 @@ pub(crate) fn run(program: &str, args: &[&str], what: &'static str, id: &str) ->
             .trim()
             .to_owned();
         match classify(&stderr) {
-            Failure::Busy if tries < BUSY_TRIES => {
-                std::thread::sleep(BUSY_PAUSE);
+            Failure::Busy if std::time::Instant::now() < busy_until => {
+                tracing::debug!(target: "drivers_zfs::spawn", command = %shown, ?pause, "busy; trying again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_PAUSE_MAX);
                 continue;
             }
             Failure::Missing => {

@@ -35,8 +35,10 @@ impl Flavour {
 pub(crate) struct Facts {
     pub root: bool,
     pub dev_zfs: bool,
+    pub dev_fuse: bool,
     pub zfs_fuse_installed: bool,
     pub daemon_running: bool,
+    pub daemon_xattrs: bool,
     pub zfs_cmd: bool,
     pub zpool_cmd: bool,
 }
@@ -46,8 +48,10 @@ impl Facts {
         Facts {
             root: rustix::process::geteuid().is_root(),
             dev_zfs: Flavour::detect() == Flavour::Kernel,
+            dev_fuse: Path::new("/dev/fuse").exists(),
             zfs_fuse_installed: ops::tool("zfs-fuse").is_some(),
             daemon_running: daemon::running_pid().is_some(),
+            daemon_xattrs: daemon::running_pid().is_some_and(daemon::xattrs_enabled),
             zfs_cmd: ops::tool("zfs").is_some(),
             zpool_cmd: ops::tool("zpool").is_some(),
         }
@@ -72,6 +76,18 @@ pub(crate) fn decide(f: &Facts, config: Option<&Config>) -> Availability {
             INSTALL_HINT,
         );
     }
+    if !f.dev_zfs && !f.dev_fuse {
+        return no(
+            "there is no /dev/zfs (the zfs kernel module is not loaded), and zfs-fuse cannot run without /dev/fuse (the fuse kernel module)".into(),
+            "load the fuse module (`modprobe fuse`), or the zfs kernel module",
+        );
+    }
+    if !f.dev_zfs && f.daemon_xattrs {
+        return no(
+            "the zfs-fuse daemon runs with --enable-xattr (or enable-xattr in /etc/zfs/zfsrc): extended attributes written with it are missing in clones of the dataset, and the daemon hung in drivers' tests".into(),
+            "restart zfs-fuse without --enable-xattr; layers with xattrs are then refused, or unpacked without them with xattrs = \"drop\" in [backends.zfs]",
+        );
+    }
     let missing: Vec<&str> = [("zfs", f.zfs_cmd), ("zpool", f.zpool_cmd)]
         .iter()
         .filter(|(_, ok)| !ok)
@@ -85,8 +101,13 @@ pub(crate) fn decide(f: &Facts, config: Option<&Config>) -> Availability {
         };
         return no(
             format!(
-                "ZFS is here through {via}, but the `{}` command is missing",
-                missing.join("` and `")
+                "ZFS is here through {via}, but the `{}` {} missing",
+                missing.join("` and `"),
+                if missing.len() == 1 {
+                    "command is"
+                } else {
+                    "commands are"
+                }
             ),
             INSTALL_HINT,
         );
@@ -140,8 +161,10 @@ mod tests {
         Facts {
             root: true,
             dev_zfs: false,
+            dev_fuse: true,
             zfs_fuse_installed: true,
             daemon_running: false,
+            daemon_xattrs: false,
             zfs_cmd: true,
             zpool_cmd: true,
         }
@@ -175,6 +198,21 @@ mod tests {
             ),
             (
                 Facts {
+                    daemon_running: true,
+                    daemon_xattrs: true,
+                    ..fuse_ok()
+                },
+                "the zfs-fuse daemon runs with --enable-xattr",
+            ),
+            (
+                Facts {
+                    dev_fuse: false,
+                    ..fuse_ok()
+                },
+                "zfs-fuse cannot run without /dev/fuse (the fuse kernel module)",
+            ),
+            (
+                Facts {
                     zpool_cmd: false,
                     ..fuse_ok()
                 },
@@ -188,7 +226,7 @@ mod tests {
                     zpool_cmd: false,
                     ..fuse_ok()
                 },
-                "through the zfs kernel module, but the `zfs` and `zpool` command is missing",
+                "through the zfs kernel module, but the `zfs` and `zpool` commands are missing",
             ),
         ];
         for (facts, want) in t {

@@ -339,7 +339,7 @@ fn unmount_datasets(ds: &str) -> Result<()> {
     let mut targets = zfs_mounts(&info, ds);
     targets.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     for t in targets {
-        drivers_mount::unmount(&t)?;
+        crate::fuse::unmount(&t)?;
     }
     Ok(())
 }

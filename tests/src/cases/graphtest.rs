@@ -443,9 +443,11 @@ fn set_quota_on(fx: &Fixture) -> Result<()> {
                     Ok(()) => bail!("wrote 75 MiB into a layer limited to 50 MiB"),
                     Err(e) => {
                         let errno = e.raw_os_error();
-                        // The btrfs fixture has room to spare: only the
-                        // qgroup limit may stop the write.
-                        let allowed: &[rustix::io::Errno] = if fx.name() == "btrfs" {
+                        // The btrfs and zfs fixtures have room to spare:
+                        // only the qgroup limit or the clone's refquota
+                        // may stop the write.
+                        let allowed: &[rustix::io::Errno] = if ["btrfs", "zfs"].contains(&fx.name())
+                        {
                             &[rustix::io::Errno::DQUOT]
                         } else {
                             &[rustix::io::Errno::DQUOT, rustix::io::Errno::NOSPC]
