@@ -45,14 +45,14 @@ fn main() {
             let gate = gate.clone();
             let label = name.clone();
             let trial = Trial::test(name, move || match gate {
-                Gate::Run => {
+                Gate::Run => drivers_it::gate::in_turn(backend.name, || {
                     let fx = Fixture::new(backend, &label)
                         .map_err(|e| Failed::from(format!("fixture: {e:#}")))?;
                     (case.run)(&fx).map_err(|e| {
                         fx.dump();
                         Failed::from(format!("{e:#}"))
                     })
-                }
+                }),
                 // Reached for Skip only with --include-ignored: say why
                 // instead of pretending to pass.
                 Gate::Skip(why) | Gate::Fail(why) => Err(Failed::from(why)),

@@ -163,7 +163,8 @@ fn trial(plan: &BackendPlan, t: &'static Test) -> Trial {
     let gate = plan.gate.clone();
     let ignored = matches!(gate, Gate::Ignore(_));
     Trial::test(format!("{}::{}", plan.name, t.name), move || match gate {
-        Gate::Run => (t.run)(&backend).map_err(|e| Failed::from(format!("{e:#}"))),
+        Gate::Run => drivers_it::gate::in_turn(&backend, || (t.run)(&backend))
+            .map_err(|e| Failed::from(format!("{e:#}"))),
         // Reached only with --include-ignored: say why instead of passing.
         Gate::Ignore(why) | Gate::Fail(why) => Err(Failed::from(why)),
     })
