@@ -37,6 +37,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping daemon may take to exit (it syncs its pools).
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a SIGKILLed zfs-fuse may take to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where zfs-fuse mounts its statistics (a FUSE mount of its own, left
+/// behind when it is killed; only a dead daemon's is ever detached).
+const KSTAT_MOUNT: &str = "/zfs-kstat";
+
 /// The pid of a running zfs-fuse daemon, from `/proc/*/comm`.
 pub(crate) fn running_pid() -> Option<i32> {
     let rd = std::fs::read_dir("/proc").ok()?;
@@ -159,16 +166,31 @@ pub(crate) fn stop_if_ours_and_idle(_lock: &Lock) -> Result<bool> {
     })?;
     rustix::process::kill_process(p, rustix::process::Signal::TERM)
         .ctx("stop the zfs-fuse daemon, pid", format!("/proc/{pid}"))?;
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while is_zfs_fuse(pid) {
-        if Instant::now() > deadline {
+    if !wait_exit(pid, STOP_TIMEOUT) {
+        // zfs-fuse sometimes ignores SIGTERM for good (seen with no pool
+        // left: every thread asleep on a futex). It holds no pool now, so
+        // nothing is lost by killing it; its kstat FUSE mount, which it
+        // would have unmounted itself, goes with it.
+        tracing::warn!(
+            backend = crate::NAME,
+            pid,
+            "zfs-fuse did not exit on SIGTERM; killing it"
+        );
+        rustix::process::kill_process(p, rustix::process::Signal::KILL)
+            .ctx("kill the zfs-fuse daemon, pid", format!("/proc/{pid}"))?;
+        if !wait_exit(pid, KILL_TIMEOUT) {
             return Err(Error::Io {
                 op: "wait for the zfs-fuse daemon to exit, pid",
                 path: format!("/proc/{pid}").into(),
                 source: std::io::Error::from(std::io::ErrorKind::TimedOut),
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = rustix::mount::unmount(KSTAT_MOUNT, rustix::mount::UnmountFlags::DETACH)
+            && e != rustix::io::Errno::INVAL
+            && e != rustix::io::Errno::NOENT
+        {
+            tracing::warn!(backend = crate::NAME, error = %e, "unmount {KSTAT_MOUNT}");
+        }
     }
     let _ = std::fs::remove_file(PIDFILE);
     tracing::info!(
@@ -177,6 +199,25 @@ pub(crate) fn stop_if_ours_and_idle(_lock: &Lock) -> Result<bool> {
         "stopped the zfs-fuse daemon drivers had started"
     );
     Ok(true)
+}
+
+/// Waits up to `timeout` for zfs-fuse `pid` to be gone; whether it is.
+fn wait_exit(pid: i32, timeout: Duration) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + timeout;
+    while is_zfs_fuse(pid) && !zombie() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 #[cfg(test)]
