@@ -416,7 +416,7 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
         "plugins": plugins,
     });
     out.emit(&v, || {
-        let rows = vec![
+        let mut rows = vec![
             vec!["backend".into(), store.driver().name().into()],
             vec![
                 "state".into(),
@@ -425,10 +425,6 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
                     store.state_dir().display(),
                     fs_name(store.state_dir())
                 ),
-            ],
-            vec![
-                "layer data".into(),
-                format!("{} ({})", data_dir.display(), fs_name(&data_dir)),
             ],
             vec!["images".into(), images.to_string()],
             vec![
@@ -469,6 +465,16 @@ fn status(paths: &Paths, out: &Out) -> Result<()> {
                 },
             ],
         ];
+        // Only where the backend keeps layers on a filesystem of its own.
+        if data_dir != store.state_dir() {
+            rows.insert(
+                2,
+                vec![
+                    "layer data".into(),
+                    format!("{} ({})", data_dir.display(), fs_name(&data_dir)),
+                ],
+            );
+        }
         table(&["", ""], &rows).trim_start().to_owned()
     })
 }
