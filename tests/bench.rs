@@ -217,20 +217,7 @@ fn ctrl_c_leaves_nothing(backend: &str) -> Result<()> {
             && text.contains("interrupted"),
         "expected one `error: … interrupted` line:\n{text}"
     );
-    let left_mounts = drivers_mount::mounts_under(&work)?;
-    ensure!(left_mounts.is_empty(), "mounts left: {left_mounts:?}");
-    let left: Vec<_> = std::fs::read_dir(&work)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    ensure!(left.is_empty(), "the interrupted bench left {left:?}");
-    for e in std::fs::read_dir("/sys/block")?.flatten() {
-        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
-            && f.starts_with(&*work.to_string_lossy())
-        {
-            bail!("loop device {:?} still bound to {f}", e.file_name());
-        }
-    }
+    nothing_left(&work, "the interrupted bench")?;
     drop(scratch);
     Ok(())
 }
@@ -348,20 +335,23 @@ fn bench_every_workload(backends: &[String]) -> Result<()> {
     );
 
     // Nothing left: no mounts, no loop devices on its images, no roots.
-    let left_mounts = drivers_mount::mounts_under(&work)?;
+    nothing_left(&work, "the bench")?;
+    drop(scratch);
+    Ok(())
+}
+
+/// Fails unless `work` holds no mount, no entry and backs no loop device:
+/// what `who` made is all gone.
+fn nothing_left(work: &Path, who: &str) -> Result<()> {
+    let left_mounts = drivers_mount::mounts_under(work)?;
     ensure!(left_mounts.is_empty(), "mounts left: {left_mounts:?}");
-    let left: Vec<_> = std::fs::read_dir(&work)?
+    let left: Vec<_> = std::fs::read_dir(work)?
         .flatten()
         .map(|e| e.path())
         .collect();
-    ensure!(left.is_empty(), "the bench left {left:?}");
-    for e in std::fs::read_dir("/sys/block")?.flatten() {
-        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
-            && f.starts_with(&*work.to_string_lossy())
-        {
-            bail!("loop device {:?} still bound to {f}", e.file_name());
-        }
+    ensure!(left.is_empty(), "{who} left {left:?}");
+    if let Some((dev, f)) = harness::loops_under(work)?.into_iter().next() {
+        bail!("loop device {dev:?} still bound to {f}");
     }
-    drop(scratch);
     Ok(())
 }

@@ -1595,14 +1595,7 @@ fn reset(backend: &str) -> Result<()> {
     );
     let left = harness::mounts_under(&w.root)?;
     ensure!(left.is_empty(), "mounts left under the root: {left:?}");
-    let mut loops = Vec::new();
-    for e in std::fs::read_dir("/sys/block")?.flatten() {
-        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
-            && Path::new(f.trim()).starts_with(&w.root)
-        {
-            loops.push(f.trim().to_owned());
-        }
-    }
+    let loops = harness::loops_under(&w.root)?;
     ensure!(loops.is_empty(), "loop devices still bound: {loops:?}");
     let again = w.ok(&["reset", backend])?;
     ensure!(

@@ -622,6 +622,22 @@ fn teardown(base: &Path, root: &Path) -> Vec<String> {
     problems
 }
 
+/// Loop devices whose backing file is below `dir`: (device, file).
+pub fn loops_under(dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block")?.flatten() {
+        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && Path::new(f.trim()).starts_with(dir)
+        {
+            out.push((
+                e.file_name().to_string_lossy().into_owned(),
+                f.trim().to_owned(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Mount points at or below `dir`, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;

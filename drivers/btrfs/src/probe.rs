@@ -183,35 +183,16 @@ fn unconfigured(env: &HostEnv) -> Availability {
     )
 }
 
-/// Ok if btrfs is registered, or available as a module that `mount` loads
-/// on demand.
+/// Ok if btrfs is registered, or available as a module that `mount`
+/// loads on demand.
 fn btrfs_in_kernel() -> Result<(), String> {
-    let listed = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| lists_btrfs(&s));
-    if listed {
-        return Ok(());
-    }
-    let release = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    let modules = Path::new("/lib/modules").join(&release);
-    let has_module = ["modules.dep", "modules.builtin"]
-        .iter()
-        .any(|f| std::fs::read_to_string(modules.join(f)).is_ok_and(|s| s.contains("/btrfs.ko")));
-    if has_module {
-        Ok(())
-    } else {
-        Err(format!(
-            "btrfs is not in /proc/filesystems and kernel {release} has no btrfs module"
-        ))
-    }
+    drivers_mount::kernel::filesystem_available("btrfs", "btrfs")
 }
 
-/// Whether a `/proc/filesystems` text lists btrfs (`\tbtrfs`).
+/// Whether a `/proc/filesystems` text lists btrfs.
+#[cfg(test)]
 fn lists_btrfs(proc_filesystems: &str) -> bool {
-    proc_filesystems
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    drivers_mount::kernel::lists_filesystem(proc_filesystems, "btrfs")
 }
 
 #[cfg(test)]

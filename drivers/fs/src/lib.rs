@@ -162,6 +162,24 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     remove_all_at(parent.as_fd(), &name)
 }
 
+/// Names of the entries of `dir` that are valid UTF-8, sorted. Backends
+/// name their own entries in UTF-8; anything else was put there by someone
+/// else and is skipped, with a warning.
+pub fn utf8_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        match entry.file_name().into_string() {
+            Ok(name) => out.push(name),
+            Err(_) => {
+                tracing::warn!(path = %entry.path().display(), "skipping a non-UTF-8 name")
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Allocated bytes (`st_blocks × 512`) and inodes below `path`, the
 /// directory itself included, each hardlinked inode counted once. Walks the
 /// whole tree.

@@ -26,6 +26,7 @@
 //! ```
 
 mod fork;
+pub mod kernel;
 pub mod loopback;
 mod mountinfo;
 mod overlay;

@@ -567,18 +567,7 @@ fn usage_or_zero(dir: &Path) -> Usage {
 
 /// Names of the entries of `dir` that are valid UTF-8 (ours all are).
 fn dir_names(dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx("read directory", dir)? {
-        let entry = entry.ctx("read directory", dir)?;
-        match entry.file_name().into_string() {
-            Ok(name) => out.push(name),
-            Err(_) => {
-                tracing::warn!(backend = NAME, path = %entry.path().display(), "skipping a non-UTF-8 name")
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    drivers_fs::utf8_names(dir).ctx("read directory", dir)
 }
 
 impl Driver for Overlay2 {

@@ -2,8 +2,6 @@
 //! kernel, and a state directory on a filesystem overlayfs accepts as an
 //! upper layer. Cheap and side-effect free.
 
-use std::path::Path;
-
 use drivers_api::{Availability, HostEnv};
 
 /// Filesystems overlayfs refuses as upper layer, by `statfs` magic
@@ -86,32 +84,13 @@ fn unsupported_upper(magic: u64) -> Option<&'static str> {
 /// Ok if overlayfs is registered, or available as a module that `mount`
 /// loads on demand.
 fn overlay_in_kernel() -> Result<(), String> {
-    let listed = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| lists_overlay(&s));
-    if listed {
-        return Ok(());
-    }
-    let release = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    let modules = Path::new("/lib/modules").join(&release);
-    let has_module = ["modules.dep", "modules.builtin"]
-        .iter()
-        .any(|f| std::fs::read_to_string(modules.join(f)).is_ok_and(|s| s.contains("/overlay.ko")));
-    if has_module {
-        Ok(())
-    } else {
-        Err(format!(
-            "overlayfs is not in /proc/filesystems and kernel {release} has no overlay module"
-        ))
-    }
+    drivers_mount::kernel::filesystem_available("overlay", "overlay")
 }
 
-/// Whether a `/proc/filesystems` text lists overlay (`nodev\toverlay`).
+/// Whether a `/proc/filesystems` text lists overlay.
+#[cfg(test)]
 fn lists_overlay(proc_filesystems: &str) -> bool {
-    proc_filesystems
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    drivers_mount::kernel::lists_filesystem(proc_filesystems, "overlay")
 }
 
 #[cfg(test)]

@@ -362,15 +362,7 @@ impl Driver for Vfs {
 
 /// Names of the entries of `dir` that are valid UTF-8 (ours all are).
 fn dir_names(dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx("read directory", dir)? {
-        let entry = entry.ctx("read directory", dir)?;
-        if let Ok(name) = entry.file_name().into_string() {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
+    drivers_fs::utf8_names(dir).ctx("read directory", dir)
 }
 
 /// vfs works on any local filesystem the process can write to, as root
